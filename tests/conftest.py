@@ -1,0 +1,34 @@
+"""Test-wide set-up: a throw-away AIRFLOW_HOME (before Airflow is imported) and shared fixtures.
+
+The ``local_bigquery`` fixture (a local BigQuery emulator per test session) comes from the
+provider's own pytest plugin, ``airflow_provider_incremental.local.pytest_plugin``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_HOME = tempfile.mkdtemp(prefix="airflow-home-tests-")
+os.environ["AIRFLOW_HOME"] = _HOME
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(_HOME) / "dags"))
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture
+def dataset(local_bigquery: object) -> Iterator[str]:
+    """A fresh dataset name per test (created by whatever the test runs)."""
+    yield f"t_{uuid.uuid4().hex[:12]}"
