@@ -32,4 +32,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": _modules("hooks.bigquery"),
+        "operators": _modules("operators.bigquery", "transfers.json_to_bigquery"),
+        "sensors": _modules("sensors.bigquery"),
+        "triggers": _modules("triggers.bigquery"),
     }

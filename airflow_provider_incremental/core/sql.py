@@ -302,7 +302,13 @@ def _order(cursor: Cursor, version_column: str | None, alias: str | None = None)
 
 
 def _dedup(
-    source_sql: str, columns: Sequence[str], primary_key: Sequence[str], order: Sequence[str], where: str
+    source_sql: str,
+    columns: Sequence[str],
+    primary_key: Sequence[str],
+    order: Sequence[str],
+    where: str,
+    *,
+    versions: bool = False,
 ) -> str:
     """``SELECT columns FROM source WHERE ...`` keeping the newest row per primary key.
 
@@ -311,10 +317,12 @@ def _dedup(
     :param primary_key: the key columns.
     :param order: the version order expressions, newest first after DESC.
     :param where: the row filter.
+    :param versions: keep one row per version (key and ``order`` values) instead of one per key.
     """
+    partition = [_columns(primary_key), *order] if versions else [_columns(primary_key)]
     return (
         f"SELECT {_columns(columns)} FROM {source_sql} WHERE {where}\n"
-        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {_columns(primary_key)}"
+        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(partition)}"
         f" ORDER BY {', '.join(f'{o} DESC' for o in order)}) = 1"
     )
 
@@ -352,6 +360,7 @@ def window_select_sql(
     version_column: str | None = None,
     null_policy: NullPolicy = "include",
     has_start: bool = True,
+    versions: bool = False,
 ) -> str:
     """Select the rows of the window ``@window_start <= cursor < @window_end``, newest row per key.
 
@@ -362,6 +371,7 @@ def window_select_sql(
     :param version_column: tie-breaker after the cursor, e.g. ``resource_version``.
     :param null_policy: whether rows whose cursor is NULL are selected (``include``) or not.
     :param has_start: ``False`` when the window has no start (reads from the beginning, no ``@window_start``).
+    :param versions: one row per version (key, cursor, version column) instead of per key (append mode).
     """
     if not primary_key:
         raise ValueError(f"a primary key is needed to deduplicate the rows of {source}")
@@ -372,7 +382,7 @@ def window_select_sql(
         where = f"{expression} >= @window_start AND {where}"
     if null_policy == "include":
         where = f"({where}) OR {expression} IS NULL"
-    return _dedup(source.sql, columns, primary_key, _order(cursor, version_column), where)
+    return _dedup(source.sql, columns, primary_key, _order(cursor, version_column), where, versions=versions)
 
 
 def count_sql(
@@ -567,9 +577,10 @@ def upsert_script(
 ) -> tuple[str, dict[str, Any]]:
     """One script that upserts the window and commits the watermark and an audit row atomically.
 
-    ``mode="append"`` keeps every version instead: a batch row is inserted unless the destination
-    already holds that exact version (same key, cursor and version column), so the destination is a
-    change log and re-running a window still adds nothing.
+    ``mode="append"`` keeps every version instead: the batch holds one row per version (same key, cursor
+    and version column) in the window, not only the newest per key, and a batch row is inserted unless
+    the destination already holds that exact version, so the destination is a change log, re-running a
+    window still adds nothing, and hourly runs give the same log as one run over the whole period.
 
     Reconciliation: after the writes, ``rows_reconciled`` counts the batch rows the destination now
     covers (a row at least as new for ``merge``, the same version for ``append``), and
@@ -620,6 +631,7 @@ def upsert_script(
         version_column=version_column,
         null_policy=null_policy,
         has_start=window.start is not None,
+        versions=mode == "append",
     )
     target, same = destination.sql, _same_key(primary_key, "t", "b")
     newer = _newer(_order(cursor, version_column, "t"), _order(cursor, version_column, "b"))

@@ -210,7 +210,11 @@ class IncrementalBigQueryHook(BigQueryHook):
         if check.satisfied and fresh_through is not None:
             sql = max_columns_sql(table, list(check.found))
             values = [v for v in self.run_query(sql)[0].values() if v is not None]
-            latest = max((v if v.tzinfo else v.replace(tzinfo=timezone.utc) for v in values), default=None)
+            # DATETIME comes back naive (read as UTC), DATE (if allowed) as a date: midnight UTC
+            stamps = [
+                v if isinstance(v, datetime) else datetime.combine(v, datetime.min.time()) for v in values
+            ]
+            latest = max((v if v.tzinfo else v.replace(tzinfo=timezone.utc) for v in stamps), default=None)
             result["max_cursor"] = latest.isoformat() if latest else None
             if latest is None or latest < fresh_through:
                 result["satisfied"] = False
