@@ -74,6 +74,9 @@ class TransformResult:
     counts: dict[str, EntityCounts] = field(default_factory=lambda: {e: EntityCounts() for e in ENTITIES})
     reasons: Counter[str] = field(default_factory=Counter)
     next_offsets: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    #: the ``next_offset`` of the last file read: the cursor of the batch (``None``: the export is complete)
+    final_next_offset: str | None = None
     unknown_fields: set[str] = field(default_factory=set)
     digest: str = ""
     seconds: float = 0.0
@@ -84,7 +87,7 @@ class TransformResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON-serialisable part of the result (for XCom and logs)."""
-        last_offset = next(reversed(self.next_offsets.values()), None) if self.next_offsets else None
+        last_offset = self.final_next_offset
         return {
             "entries_read": self.entries_read,
             "bytes_read": self.bytes_read,
@@ -168,6 +171,7 @@ def transform_exports(
     entry_offset = 0  # record indexes continue across the pages of one export
     try:
         for name, opener in sources:
+            result.sources.append(name)
             with opener() as fp:
                 reader = ExportReader(fp, source=name, allow_python_literals=allow_python_literals)
                 for index, entry in reader.entries():
@@ -204,6 +208,7 @@ def transform_exports(
                 result.bytes_read += reader.bytes_read
                 if reader.next_offset is not None:
                     result.next_offsets[name] = reader.next_offset
+                result.final_next_offset = reader.next_offset
     finally:
         for writer in writers.values():
             writer.close()

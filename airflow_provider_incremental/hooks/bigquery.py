@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,15 +22,26 @@ if TYPE_CHECKING:
 
 #: BigQuery's messages for concurrent DML on the same table; retrying later succeeds.
 _CONFLICT = re.compile(
-    r"concurrent update|could not serialize access|transaction is aborted|aborted due to concurrent", re.I
+    r"concurrent update|could not serialize access|transaction is aborted|aborted due to concurrent"
+    r"|failed to commit",  # the local emulator's (DuckLake) word for a write-write conflict
+    re.I,
 )
 _JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _LABEL_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
 
 def make_job_id(*parts: str) -> str:
-    """A BigQuery job id (letters, digits, ``_``, ``-``; at most 1024 chars) built from ``parts``."""
-    return _JOB_ID_UNSAFE.sub("_", "__".join(parts))[:1000]
+    """A BigQuery job id (letters, digits, ``_``, ``-``; at most 1024 chars) built from ``parts``.
+
+    Too long an id keeps its head and its last part and gets a hash of the whole in between, so two
+    different ids never collide by truncation.
+    """
+    job_id = _JOB_ID_UNSAFE.sub("_", "__".join(parts))
+    if len(job_id) <= 1000:
+        return job_id
+    digest = hashlib.blake2b(job_id.encode(), digest_size=16).hexdigest()
+    tail = _JOB_ID_UNSAFE.sub("_", parts[-1])[-200:]
+    return f"{job_id[:700]}__{digest}__{tail}"
 
 
 def make_labels(labels: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
@@ -76,6 +88,29 @@ def query_parameters(params: Mapping[str, Any]) -> list[Any]:
     return out
 
 
+def _bound_request_timeout(client: Client, limit: float) -> None:
+    """Make every HTTP request of ``client`` time out after at most ``limit`` seconds.
+
+    The BigQuery client sends ``timeout=None`` (wait forever) unless each call passes one, and
+    ``job.result(timeout=...)`` reuses the whole job timeout per request: a response that never
+    comes would hang the task, as the retry deadline is only checked between attempts. Capping the
+    session makes such a request fail with a retryable ``requests`` timeout instead.
+    """
+    session = client._http
+    send = session.request
+
+    def bounded(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(limit if v is None else min(v, limit) for v in value)
+        return limit if value is None or not isinstance(value, int | float) else min(value, limit)
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = bounded(kwargs.get("timeout"))
+        return send(*args, **kwargs)
+
+    session.request = request
+
+
 class IncrementalBigQueryHook(BigQueryHook):
     """BigQuery hook with an endpoint override, job reattachment and the calls the operators need.
 
@@ -87,6 +122,9 @@ class IncrementalBigQueryHook(BigQueryHook):
 
     :param api_endpoint: overrides the connection's ``api_endpoint`` extra.
     :param retry_deadline: seconds a single API call may retry transient errors (5xx, 429, resets).
+    :param request_timeout: seconds one HTTP request may wait for its response (connect and read)
+        before it is abandoned and retried; caps every request of the client, so a hung server costs
+        seconds, not forever (the BigQuery client sends no timeout by default).
     :param job_timeout: seconds to wait for one job to finish.
     """
 
@@ -97,6 +135,7 @@ class IncrementalBigQueryHook(BigQueryHook):
         *,
         api_endpoint: str | None = None,
         retry_deadline: float = 60.0,
+        request_timeout: float = 30.0,
         job_timeout: float = 3600.0,
         **kwargs: Any,
     ) -> None:
@@ -104,6 +143,7 @@ class IncrementalBigQueryHook(BigQueryHook):
         super().__init__(**kwargs)
         self._api_endpoint = api_endpoint
         self.retry_deadline = retry_deadline
+        self.request_timeout = request_timeout
         self.job_timeout = job_timeout
 
     # -- connection ------------------------------------------------------------------------------
@@ -127,6 +167,7 @@ class IncrementalBigQueryHook(BigQueryHook):
         cached: Client | None = getattr(self, "_client", None)
         if cached is None:
             cached = self.get_client(project_id=self.project_id, location=location or self.location)
+            _bound_request_timeout(cached, self.request_timeout)
             self._client = cached
         return cached
 
@@ -236,7 +277,10 @@ class IncrementalBigQueryHook(BigQueryHook):
         ref = DatasetReference(project or self.project_id, dataset)
         obj = Dataset(ref)
         obj.location = location or self.location
-        self.client().create_dataset(obj, exists_ok=True, retry=self.retry)
+        self._create(
+            lambda: self.client().create_dataset(obj, exists_ok=True, retry=self.retry),
+            lambda: self.client().get_dataset(ref, retry=self.retry),
+        )
 
     def ensure_table(
         self,
@@ -260,7 +304,10 @@ class IncrementalBigQueryHook(BigQueryHook):
             obj.clustering_fields = list(cluster_fields)
         if labels:
             obj.labels = dict(labels)
-        self.client().create_table(obj, exists_ok=True, retry=self.retry)
+        self._create(
+            lambda: self.client().create_table(obj, exists_ok=True, retry=self.retry),
+            lambda: self.client().get_table(obj.reference, retry=self.retry),
+        )
 
     def partition_field(self, table: TableRef) -> str | None:
         """The column a table is time-partitioned on, if any."""
@@ -278,11 +325,35 @@ class IncrementalBigQueryHook(BigQueryHook):
         obj = Table(f"{destination.project}.{destination.dataset}.{destination.table}", schema=src.schema)
         obj.time_partitioning = src.time_partitioning
         obj.clustering_fields = src.clustering_fields
-        self.client().create_table(obj, exists_ok=True, retry=self.retry)
+        self._create(
+            lambda: self.client().create_table(obj, exists_ok=True, retry=self.retry),
+            lambda: self.client().get_table(obj.reference, retry=self.retry),
+        )
 
     def run_ddl(self, statements: Sequence[str]) -> None:
         """Run idempotent DDL (``CREATE TABLE IF NOT EXISTS`` ...) as one script."""
         self.run_query(";\n".join(s.rstrip(";") for s in statements) + ";")
+
+    def _create(self, create: Callable[[], Any], get: Callable[[], Any], attempts: int = 5) -> None:
+        """Create an object that may be created concurrently by a mapped sibling task.
+
+        ``exists_ok`` covers a 409; a concurrent creation can also fail with another error while the
+        object ends up existing (the local emulator answers 400 "Failed to commit"): then it is done.
+        """
+        from google.api_core.exceptions import GoogleAPICallError, NotFound
+
+        for attempt in range(attempts):
+            try:
+                create()
+                return
+            except GoogleAPICallError as err:
+                try:
+                    get()
+                    return
+                except NotFound:
+                    if attempt + 1 == attempts or not _CONFLICT.search(str(err)):
+                        raise err from None
+                    time.sleep(0.2 * (attempt + 1))
 
     def delete_table(self, table: TableRef) -> None:
         table = self.resolve(table)

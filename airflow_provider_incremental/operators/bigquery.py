@@ -7,6 +7,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_incremental.links import (
+    BigQueryConsoleJobLink,
+    BigQueryConsoleTableLink,
+    job_url,
+    openlineage,
+    table_url,
+)
 from airflow_provider_incremental.version_compat import BaseOperator
 
 if TYPE_CHECKING:
@@ -69,6 +76,7 @@ class IncrementalBigQueryOperator(BaseOperator):
         "impersonation_chain",
     )
     ui_color = "#d6eaf8"
+    operator_extra_links = (BigQueryConsoleTableLink(), BigQueryConsoleJobLink())
 
     def __init__(
         self,
@@ -177,6 +185,13 @@ class IncrementalBigQueryOperator(BaseOperator):
             self.overlap,
             self.lag,
         )
+        BigQueryConsoleTableLink().persist(
+            context, table_url(str(destination.project), destination.dataset, destination.table)
+        )
+        self._lineage = (
+            [("bigquery", str(source))],
+            [] if self.mode == "count" else [("bigquery", str(destination))],
+        )
         summary: dict[str, Any] = {
             "source_table": str(source),
             "destination_table": str(destination),
@@ -216,6 +231,11 @@ class IncrementalBigQueryOperator(BaseOperator):
             version,
             labels,
         )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage input (source) and output (destination) tables, when the provider is installed."""
+        inputs, outputs = getattr(self, "_lineage", ([], []))
+        return openlineage(inputs, outputs)
 
     def _read_watermark(
         self,
@@ -393,6 +413,9 @@ class IncrementalBigQueryOperator(BaseOperator):
             result["watermark_before"],
             result["watermark_after"],
             job.job_id,
+        )
+        BigQueryConsoleJobLink().persist(
+            context, job_url(str(destination.project), job.job_id, self.location)
         )
         return {
             "rows_selected": result["rows_selected"],

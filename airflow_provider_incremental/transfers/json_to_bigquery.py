@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_provider_incremental.exceptions import TooManyBadRecordsError
+from airflow_provider_incremental.links import (
+    BigQueryConsoleDatasetLink,
+    BigQueryConsoleJobLink,
+    dataset_url,
+    job_url,
+    openlineage,
+)
 from airflow_provider_incremental.version_compat import BaseOperator
 
 if TYPE_CHECKING:
@@ -72,6 +79,7 @@ class JsonEpochToBigQueryOperator(BaseOperator):
         "impersonation_chain",
     )
     ui_color = "#e3f1fd"
+    operator_extra_links = (BigQueryConsoleDatasetLink(), BigQueryConsoleJobLink())
 
     def __init__(
         self,
@@ -160,11 +168,14 @@ class JsonEpochToBigQueryOperator(BaseOperator):
             )
             self._report(result)
             job_ids: list[str] = []
+            # The destination is part of the job identity: the same DAG, task, run and data loaded into
+            # another project or dataset must not reattach to (and reuse) the jobs of the first one.
+            destination = hashlib.blake2b(f"{project}.{self.dataset_id}".encode(), digest_size=6).hexdigest()
 
             def job_id(table: str, step: str) -> str:
                 from airflow_provider_incremental.hooks.bigquery import make_job_id
 
-                return make_job_id("airflow", run["key"], table, step, result.digest[:12])
+                return make_job_id("airflow", run["key"], table, step, f"{result.digest[:12]}_{destination}")
 
             rejects_ref, rejects_schema = tables["rejects"]
             if result.quarantined:
@@ -189,6 +200,13 @@ class JsonEpochToBigQueryOperator(BaseOperator):
                 hook.ensure_table(ref, schema, partition_field=PARTITION_FIELD, cluster_fields=CLUSTER_FIELDS)
                 job_ids += self._load(hook, name, str(path), ref, schema, job_id, labels)
 
+        BigQueryConsoleDatasetLink().persist(context, dataset_url(project, self.dataset_id))
+        if job_ids:
+            BigQueryConsoleJobLink().persist(context, job_url(project, job_ids[-1], self.location))
+        self._lineage = (
+            [_source_dataset(name) for name in result.sources],
+            [("bigquery", str(tables[name][0])) for name in ("customers", "subscriptions", "rejects")],
+        )
         summary = result.summary() | {
             "job_ids": job_ids,
             "write_mode": self.write_mode,
@@ -203,6 +221,11 @@ class JsonEpochToBigQueryOperator(BaseOperator):
             dict(result.reasons) or "no rejects",
         )
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage inputs (the export files) and outputs (the tables), when the provider is installed."""
+        inputs, outputs = getattr(self, "_lineage", ([], []))
+        return openlineage(inputs, outputs)
 
     def _load(
         self,
@@ -227,7 +250,12 @@ class JsonEpochToBigQueryOperator(BaseOperator):
                 write_disposition=disposition,
                 labels=labels,
             )
-            return [str(job.job_id)]
+            if self.on_deleted != "hard":
+                return [str(job.job_id)]
+            delete = hook.query_job(
+                hard_delete_sql(target), job_id=job_id(target.table, "hard_delete"), labels=labels
+            )
+            return [str(job.job_id), str(delete.job_id)]
         run_hash = hashlib.blake2b(job_id(target.table, "stage").encode(), digest_size=8).hexdigest()
         staging = target.sibling(f"_staging_{target.table}_{run_hash}")
         load = hook.load_ndjson(
@@ -335,3 +363,11 @@ def _run_identity(context: Context, dag_id: str, task_id: str) -> dict[str, Any]
 def _opener(path: str) -> Callable[[], BinaryIO]:
     """Open ``path`` for binary reading when called (files are opened one at a time)."""
     return lambda: open(path, "rb")
+
+
+def _source_dataset(name: str) -> tuple[str, str]:
+    """OpenLineage ``(namespace, name)`` of an input file."""
+    if name.startswith("gs://"):
+        bucket, _, path = name.removeprefix("gs://").partition("/")
+        return f"gs://{bucket}", path
+    return "file", os.path.abspath(name)
