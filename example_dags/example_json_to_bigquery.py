@@ -33,3 +33,9 @@ with DAG(
         epoch_unit="auto",
         on_deleted="hard",
     )
+    # An export too large for one worker, split into pages: one mapped task per page. Concurrent loads
+    # into the same tables stay correct (newest-wins MERGE; conflicting DML is retried).
+    load_pages = JsonEpochToBigQueryOperator.partial(
+        task_id="load_pages_in_parallel",
+        dataset_id="billing_raw",
+    ).expand(source_path=[f"/tmp/chargebee-exports/pages/page-{i:03d}.json" for i in range(4)])

@@ -22,7 +22,6 @@ from typing import IO, Any, BinaryIO
 import orjson
 
 from airflow_provider_incremental.core.chargebee import (
-    CustomerDedup,
     normalise_entry,
     quarantine_row,
     unknown_fields,
@@ -117,7 +116,9 @@ class _Writer:
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        data = orjson.dumps(row, option=_DUMP)
+        self.write_line(orjson.dumps(row, option=_DUMP))
+
+    def write_line(self, data: bytes) -> None:
         self._buffer.append(data)
         self._size += len(data)
         self.rows += 1
@@ -134,6 +135,59 @@ class _Writer:
     def close(self) -> None:
         self.flush()
         self._fp.close()
+
+
+class _CustomerDedup:
+    """Keep the newest customer row per id with memory for an index only, not for the rows.
+
+    Every row is appended to a spill file; the index maps each id to the version of its newest row
+    (``updated_at`` or ``created_at``, then ``resource_version``, then a hash of the row so that equal
+    versions with different content still pick one winner whatever the input order) and its line.
+    ``write_newest`` then copies the winning lines, in the order they were read.
+    """
+
+    def __init__(self, spill: Path) -> None:
+        self._path = spill
+        self._fp: IO[bytes] = open(spill, "wb")
+        self._index: dict[str, tuple[tuple[Any, int, bytes], int]] = {}
+        self._lines = 0
+        self.duplicates = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        data = orjson.dumps(row, option=_DUMP)
+        when = row.get("updated_at") or row.get("created_at")
+        version = (
+            when.timestamp() if when else float("-inf"),
+            row.get("resource_version") or -1,
+            hashlib.blake2b(data, digest_size=8).digest(),
+        )
+        key = row["id"]
+        kept = self._index.get(key)
+        if kept is not None:
+            self.duplicates += 1
+        if kept is None or version > kept[0]:
+            self._index[key] = (version, self._lines)
+        self._fp.write(data)
+        self._lines += 1
+
+    def close(self) -> None:
+        self._fp.close()
+
+    def write_newest(self, path: Path, digest: Any) -> int:
+        """Write the newest row of each id to ``path`` (feeding ``digest``); return how many."""
+        self._fp.close()
+        winners = sorted(line for _, line in self._index.values())
+        writer = _Writer(path, digest)
+        with open(self._path, "rb") as spill:
+            wanted = iter(winners)
+            target = next(wanted, None)
+            for number, line in enumerate(spill):
+                if number == target:
+                    writer.write_line(line)
+                    target = next(wanted, None)
+        writer.close()
+        self._path.unlink()
+        return writer.rows
 
 
 def transform_exports(
@@ -166,7 +220,7 @@ def transform_exports(
         files={"customers": out_dir / "customers.ndjson", **{n: w.path for n, w in writers.items()}}
     )
     counts = result.counts
-    customers = CustomerDedup()
+    customers = _CustomerDedup(out_dir / "customers.all.ndjson")
     started = last_report = time.monotonic()
     entry_offset = 0  # record indexes continue across the pages of one export
     try:
@@ -209,14 +263,13 @@ def transform_exports(
                 if reader.next_offset is not None:
                     result.next_offsets[name] = reader.next_offset
                 result.final_next_offset = reader.next_offset
+    except BaseException:
+        customers.close()
+        raise
     finally:
         for writer in writers.values():
             writer.close()
-    customer_writer = _Writer(result.files["customers"], digest)
-    for row in customers.rows():
-        customer_writer.write(row)
-    customer_writer.close()
-    counts["customer"].loaded = len(customers)
+    counts["customer"].loaded = customers.write_newest(result.files["customers"], digest)
     counts["customer"].deduplicated = customers.duplicates
     counts["entry"].read = counts["entry"].quarantined
     result.digest = digest.hexdigest()

@@ -26,13 +26,13 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
     TaskDeferred,
 )
+from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_incremental.core.sql import TableRef
 from airflow_provider_incremental.hooks.bigquery import IncrementalBigQueryHook
 from airflow_provider_incremental.local import LocalBigQuery
 from airflow_provider_incremental.sensors.bigquery import BigQueryTimestampColumnSensor
 from airflow_provider_incremental.triggers.bigquery import BigQueryTimestampColumnTrigger
-from airflow_provider_incremental.version_compat import TriggerEvent
 from tests.integration.helpers import context, query
 
 pytestmark = pytest.mark.integration
