@@ -30,5 +30,16 @@ def data_dir() -> Path:
 
 @pytest.fixture
 def dataset(local_bigquery: object) -> Iterator[str]:
-    """A fresh dataset name per test (created by whatever the test runs)."""
-    yield f"t_{uuid.uuid4().hex[:12]}"
+    """A fresh dataset name per test (created by whatever the test runs), dropped afterwards.
+
+    Dropped with every dataset named after it (``<name>_raw``, ``<name>_out``...): each query of the
+    local emulator gets slower with every table it holds, so leftovers would slow the whole session.
+    """
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    from airflow_provider_incremental.hooks.bigquery import IncrementalBigQueryHook
+
+    client = IncrementalBigQueryHook().client()
+    for item in client.list_datasets():
+        if item.dataset_id.startswith(name):
+            client.delete_dataset(item.reference, delete_contents=True, not_found_ok=True)

@@ -39,6 +39,7 @@ from airflow_provider_incremental.exceptions import SourceFormatError
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ExportReader", "parse_next_offset"]
 
+_DIGIT = re.compile(r"[0-9]")
 DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MB: peak memory ~50 MB, as fast as larger blocks (benchmarks/run.py)
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -66,6 +67,19 @@ _NAN_MESSAGE = (
     "write null or a string instead"
 )
 _DEPTH_MESSAGE = "nesting is deeper than 1024 levels (the JSON parser's limit); flatten the data"
+#: how deep an entry may nest (the entry itself is level 1): orjson writes at most 254 nested levels,
+#: and a quarantine row holds the entry one level down
+MAX_ENTRY_DEPTH = 253
+_ENTRY_DEPTH_MESSAGE = (
+    "entry {entry} is nested more than {limit} levels deep, more than its rows and JSON columns can "
+    "hold when written to BigQuery; flatten the data"
+)
+_SURROGATE_MESSAGE = (
+    "a string holds an unpaired surrogate escape (\\ud800-\\udfff), which is not a character "
+    "and cannot be stored as UTF-8; fix the producer of the file"
+)
+# the first bytes of a UTF-16 or UTF-32 file: a byte order mark, or ASCII next to a NUL byte
+_WIDE_ENCODING = re.compile(rb"\xff\xfe|\xfe\xff|\x00\x00\xfe\xff|\x00[^\x00]|[^\x00]\x00")
 
 
 def parse_next_offset(raw: str | None) -> list[str] | None:
@@ -139,7 +153,7 @@ class ExportReader:
         self._pos = 0  # the next byte to look at, in _buf
         self._base = 0  # offset of _buf[0] in the (repaired) stream
         self._eof = False
-        self._keys: set[str] = set()
+        self._keys: dict[str, None] = {}  # the root keys read, in file order (for messages)
         self._sig: bytes | None = None  # the bytes seen between two entries, from one's "}" to the next key
         self._sig_close = 0  # offset of that "}" in _sig
         self._misses = 0  # wrong guesses of where entries end
@@ -179,6 +193,12 @@ class ExportReader:
             self._error(
                 "the file starts with a UTF-8 byte order mark (BOM), which JSON does not allow; "
                 "save it as UTF-8 without BOM (e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE)",
+                0,
+            )
+        if _WIDE_ENCODING.match(self._buf):
+            self._error(
+                "the file looks UTF-16 or UTF-32 encoded (a byte order mark or NUL bytes at its start); "
+                "JSON must be UTF-8: convert it (e.g. iconv -f utf-16 -t utf-8)",
                 0,
             )
         c = self._peek()
@@ -252,7 +272,7 @@ class ExportReader:
         key = self._loads(start, end)
         if key in self._keys:
             self._error(f'duplicate key "{key}" in the root object', start)
-        self._keys.add(key)
+        self._keys[key] = None
         self._pos = end
         if self._peek() != 0x3A:
             self._unexpected(f"':' after the key \"{key}\"")
@@ -383,7 +403,10 @@ class ExportReader:
         parsed as ``batch``."""
         try:
             dumped = orjson.dumps(batch, option=orjson.OPT_STRICT_INTEGER)
-        except TypeError:  # an integer beyond 53 bits: maybe beyond 64
+        except TypeError:  # an integer beyond 53 bits (maybe beyond 64), or an entry nested too deep
+            deep = _find_deep(self._buf, start, end, self.entries_read)
+            if deep is not None:
+                self._error(_ENTRY_DEPTH_MESSAGE.format(entry=deep[1], limit=MAX_ENTRY_DEPTH), deep[0])
             clean = False
         else:
             clean = data == dumped or (
@@ -476,6 +499,8 @@ class ExportReader:
             self._error("unexpected end of file: the file is truncated", pos)
         if "depth" in exc.msg:
             self._error(_DEPTH_MESSAGE, pos)
+        if "surrogate" in exc.msg:
+            self._error(_SURROGATE_MESSAGE, pos)
         if "infinity" in exc.msg:
             self._error("number too large for a 64-bit float (it would be infinity)", pos)
         special = _NOT_A_NUMBER.match(self._buf, max(pos - 1, 0)) or _NOT_A_NUMBER.match(self._buf, pos)
@@ -513,10 +538,13 @@ class ExportReader:
         )
 
     def _found(self, pos: int | None = None) -> str:
-        """A short quote of the input at ``pos`` (default: the current position)."""
+        """A short quote of the input at ``pos`` (default: the current position).
+
+        Digits are masked: the quote goes into exceptions and logs, and may fall inside a card number.
+        """
         pos = self._pos if pos is None else pos
         text = self._buf[pos : pos + 20].decode("utf-8", "replace").split("\n")[0]
-        return repr(text) if text else "the end of a line"
+        return repr(_DIGIT.sub("#", text)) if text else "the end of a line"
 
     def _kind(self) -> str:
         """What the JSON value at pos is, for messages."""
@@ -908,6 +936,27 @@ def _find_semantic_error(buf: bytes, start: int, end: int, first_entry: int) -> 
                 f"integer {token.group().decode()} in entry {entry} is outside the 64-bit signed range "
                 f"[{INT64_MIN}, {INT64_MAX}] of BigQuery INT64; write it as a string"
             )
+    return None
+
+
+def _find_deep(buf: bytes, start: int, end: int, first_entry: int) -> tuple[int, int] | None:
+    """Find the first bracket nested deeper than :data:`MAX_ENTRY_DEPTH` in the JSON items ``buf[start:end]``.
+
+    :param first_entry: the index of the first item.
+    :return: the offset of that bracket in ``buf`` and the index of its entry, or None.
+    """
+    depth = 0
+    entry = first_entry
+    for token in _TOKEN.finditer(buf, start, end):
+        c = buf[token.start()]
+        if c in b"[{":
+            depth += 1
+            if depth > MAX_ENTRY_DEPTH:
+                return token.start(), entry
+        elif c in b"]}":
+            depth -= 1
+        elif c == 0x2C and depth == 0:
+            entry += 1
     return None
 
 

@@ -694,8 +694,17 @@ def upsert_script(
     ]
     key = "`destination` = @destination AND `source` = @source"
     window_start = "NULL" if window.start is None else "@window_start"
+    # Concurrent runs must conflict (one is aborted and retried) also on the first run, when there is no
+    # state row yet: otherwise both insert the same new keys (neither sees the other's inserts) and the
+    # destination gets duplicates. A state row (watermark NULL until the commit) to delete guarantees it.
+    seed = (
+        f"INSERT INTO {state.sql} ({_columns(_STATE_COLUMNS)})\n"
+        "SELECT @destination, @source, @cursor, CAST(NULL AS TIMESTAMP), CURRENT_TIMESTAMP(), @run_id"
+        f" FROM UNNEST([1]) WHERE NOT EXISTS (SELECT 1 FROM {state.sql} WHERE {key})"
+    )
     statements = [
         *head,
+        seed,
         "BEGIN TRANSACTION",
         f"CREATE TEMP TABLE _batch AS\n{select}",
         *batch_range,

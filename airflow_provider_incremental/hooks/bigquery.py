@@ -122,6 +122,8 @@ class IncrementalBigQueryHook(BigQueryHook):
 
     :param api_endpoint: overrides the connection's ``api_endpoint`` extra.
     :param retry_deadline: seconds a single API call may retry transient errors (5xx, 429, resets).
+    :param maximum_bytes_billed: default cost guard of every query job of this hook.
+    :param labels: (from ``BigQueryHook``) default labels of every job of this hook.
     :param request_timeout: seconds one HTTP request may wait for its response (connect and read)
         before it is abandoned and retried; caps every request of the client, so a hung server costs
         seconds, not forever (the BigQuery client sends no timeout by default).
@@ -137,10 +139,12 @@ class IncrementalBigQueryHook(BigQueryHook):
         retry_deadline: float = 60.0,
         request_timeout: float = 30.0,
         job_timeout: float = 3600.0,
+        maximum_bytes_billed: int | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("use_legacy_sql", False)
         super().__init__(**kwargs)
+        self.maximum_bytes_billed = maximum_bytes_billed
         self._api_endpoint = api_endpoint
         self.retry_deadline = retry_deadline
         self.request_timeout = request_timeout
@@ -330,9 +334,24 @@ class IncrementalBigQueryHook(BigQueryHook):
             lambda: self.client().get_table(obj.reference, retry=self.retry),
         )
 
-    def run_ddl(self, statements: Sequence[str]) -> None:
-        """Run idempotent DDL (``CREATE TABLE IF NOT EXISTS`` ...) as one script."""
-        self.run_query(";\n".join(s.rstrip(";") for s in statements) + ";")
+    def run_ddl(self, statements: Sequence[str], attempts: int = 5) -> None:
+        """Run idempotent DDL (``CREATE TABLE IF NOT EXISTS`` ...) as one script.
+
+        Mapped sibling tasks create the same tables at the same time: a run that loses that race (a
+        concurrent-update error, or "Already Exists") is run again, which then finds the tables.
+        """
+        from google.api_core.exceptions import Conflict, GoogleAPICallError
+
+        script = ";\n".join(s.rstrip(";") for s in statements) + ";"
+        for attempt in range(attempts):
+            try:
+                self.run_query(script)
+                return
+            except GoogleAPICallError as err:
+                if attempt + 1 == attempts or not (isinstance(err, Conflict) or _CONFLICT.search(str(err))):
+                    raise
+                self.log.warning("DDL lost a race with a concurrent creation; running it again: %s", err)
+                time.sleep(0.2 * (attempt + 1))
 
     def _create(self, create: Callable[[], Any], get: Callable[[], Any], attempts: int = 5) -> None:
         """Create an object that may be created concurrently by a mapped sibling task.
@@ -384,7 +403,7 @@ class IncrementalBigQueryHook(BigQueryHook):
             schema=[SchemaField.from_api_repr(dict(field)) for field in schema],
             write_disposition=write_disposition,
             create_disposition="CREATE_IF_NEEDED",
-            labels=dict(labels or {}),
+            labels=dict(self.labels if labels is None else labels),
         )
         destination = f"{table.project}.{table.dataset}.{table.table}"
 
@@ -431,8 +450,10 @@ class IncrementalBigQueryHook(BigQueryHook):
         config = QueryJobConfig(
             query_parameters=query_parameters(params or {}),
             use_legacy_sql=False,
-            labels=dict(labels or {}),
+            labels=dict(self.labels if labels is None else labels),
         )
+        if maximum_bytes_billed is None:
+            maximum_bytes_billed = self.maximum_bytes_billed
         if maximum_bytes_billed is not None:
             config.maximum_bytes_billed = maximum_bytes_billed
 
@@ -448,8 +469,10 @@ class IncrementalBigQueryHook(BigQueryHook):
             )
 
         if job_id is None:
+            # job_retry=None: the client's default job retry wraps jobs.insert in a 10-minute retry of
+            # its own (and re-runs failed queries for up to 40 minutes), whatever retry_deadline says.
             job: QueryJob = self.client().query(
-                sql, job_config=config, retry=self.retry, location=self.location
+                sql, job_config=config, retry=self.retry, job_retry=None, location=self.location
             )
             job.result(retry=self.retry, timeout=self.job_timeout)
             return job
@@ -459,7 +482,9 @@ class IncrementalBigQueryHook(BigQueryHook):
     def _run_job(self, job_id: str, submit: Callable[[str], Any], max_attempts: int = 8) -> Any:
         """Run a job under ``job_id`` (then ``<job_id>_1`` ...), reusing an earlier one where it is safe.
 
-        * no job with the id: submit it (a ``Conflict`` means it was submitted meanwhile: reattach);
+        * no job with the id: submit it (a ``Conflict`` means it was submitted meanwhile: reattach; any
+          other error may hide a job that was created before its response was lost: reattach if it
+          exists);
         * a job with the id is running or succeeded: reattach and return it, never run it twice;
         * it failed in an earlier task try: go on with the next id;
         * it fails now on concurrent DML: back off and go on with the next id.
@@ -477,6 +502,18 @@ class IncrementalBigQueryHook(BigQueryHook):
                     self.log.info("Submitted BigQuery job %s", attempt_id)
                 except Conflict:
                     job = client.get_job(attempt_id, location=self.location, retry=self.retry)
+                except Exception as err:
+                    # E.g. the last request of an upload was applied, its response lost, and its retry
+                    # refused: the job exists although submitting "failed".
+                    try:
+                        job = client.get_job(attempt_id, location=self.location, retry=self.retry)
+                    except NotFound:
+                        raise err from None
+                    self.log.warning(
+                        "Submitting BigQuery job %s failed (%s), but the job exists: reattaching",
+                        attempt_id,
+                        type(err).__name__,
+                    )
             else:
                 if job.state == "DONE" and job.error_result:
                     self.log.info("BigQuery job %s failed in an earlier try; using a new job id", attempt_id)

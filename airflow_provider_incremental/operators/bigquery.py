@@ -138,14 +138,32 @@ class IncrementalBigQueryOperator(BaseOperator):
         for column in [*keys, *self.cursor_columns, self.version_column, self.deleted_column]:
             if column is not None:
                 validate_identifier("column", column)
+        self._initial_value()  # a bad (templated) initial_value fails before any query too
+
+    def _initial_value(self) -> datetime | None:
+        initial = self.initial_value
+        if isinstance(initial, str):
+            try:
+                initial = datetime.fromisoformat(initial) if initial.strip() else None
+            except ValueError:
+                raise ValueError(f"initial_value must be an ISO 8601 timestamp, got {initial!r}") from None
+        if initial is not None and initial.tzinfo is None:
+            raise ValueError(f"initial_value must carry a time zone, got {initial.isoformat()!r}")
+        return initial
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_incremental.core.sql import TableRef, choose_cursor
         from airflow_provider_incremental.hooks.bigquery import IncrementalBigQueryHook, make_labels
 
         self._validate()
+        # Every job of the task carries these labels (and the cost guard): INFORMATION_SCHEMA, DDL, loads.
+        labels = make_labels(self.labels, **{"airflow-dag": self.dag_id, "airflow-task": self.task_id})
         hook = IncrementalBigQueryHook(
-            gcp_conn_id=self.gcp_conn_id, location=self.location, impersonation_chain=self.impersonation_chain
+            gcp_conn_id=self.gcp_conn_id,
+            location=self.location,
+            impersonation_chain=self.impersonation_chain,
+            labels=labels,
+            maximum_bytes_billed=self.maximum_bytes_billed,
         )
         # Identifiers are validated here, before any SQL is sent.
         source = hook.resolve(TableRef.parse(self.source_table))
@@ -157,7 +175,6 @@ class IncrementalBigQueryOperator(BaseOperator):
         )
         audit = state.sibling(AUDIT_TABLE)
         keys = [self.primary_key] if isinstance(self.primary_key, str) else list(self.primary_key)
-        labels = make_labels(self.labels, airflow_dag=self.dag_id, airflow_task=self.task_id)
 
         columns = hook.get_columns([source, destination])
         source_columns = columns[source]
@@ -260,9 +277,7 @@ class IncrementalBigQueryOperator(BaseOperator):
         from airflow_provider_incremental.core.window import compute_window, parse_duration
 
         dag_run = context.get("dag_run")
-        initial = self.initial_value
-        if isinstance(initial, str):
-            initial = datetime.fromisoformat(initial) if initial.strip() else None
+        initial = self._initial_value()
         return compute_window(
             watermark=watermark,
             initial_value=initial,
@@ -303,7 +318,7 @@ class IncrementalBigQueryOperator(BaseOperator):
             created=created,
         )
         job = hook.query_job(sql, params, labels=labels, maximum_bytes_billed=self.maximum_bytes_billed)
-        row = next(dict(r.items()) for r in job.result())
+        row = next(dict(r.items()) for r in job.result(retry=hook.retry))
         self.log.info(
             "%s: %s row(s) in the window (%s new, %s changed); %s with a NULL cursor",
             source,
@@ -395,7 +410,7 @@ class IncrementalBigQueryOperator(BaseOperator):
             labels=labels,
             maximum_bytes_billed=self.maximum_bytes_billed,
         )
-        row = next(iter(job.result()))
+        row = next(iter(job.result(retry=hook.retry)))
         result = {key: row[key] for key in row.keys()}
         if result["rows_expected"] != result["rows_reconciled"]:
             raise ReconciliationError(

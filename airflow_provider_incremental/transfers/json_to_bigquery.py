@@ -138,8 +138,13 @@ class JsonEpochToBigQueryOperator(BaseOperator):
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {self.write_mode!r}")
         if self.on_deleted not in ON_DELETED:
             raise ValueError(f"on_deleted must be one of {ON_DELETED}, got {self.on_deleted!r}")
+        # Every job of the task carries these labels (and the cost guard): INFORMATION_SCHEMA, DDL, loads.
+        labels = make_labels(self.labels, **{"airflow-dag": self.dag_id, "airflow-task": self.task_id})
         hook = IncrementalBigQueryHook(
-            gcp_conn_id=self.gcp_conn_id, location=self.location, impersonation_chain=self.impersonation_chain
+            gcp_conn_id=self.gcp_conn_id,
+            location=self.location,
+            impersonation_chain=self.impersonation_chain,
+            labels=labels,
         )
         project = self.project_id or hook.project_id
         tables = {
@@ -151,7 +156,6 @@ class JsonEpochToBigQueryOperator(BaseOperator):
             "rejects": (TableRef(project, self.dataset_id, self.quarantine_table), QUARANTINE_SCHEMA),
         }
         run = _run_identity(context, self.dag_id, self.task_id)
-        labels = make_labels(self.labels, airflow_dag=self.dag_id, airflow_task=self.task_id)
 
         with tempfile.TemporaryDirectory(prefix="json-epoch-") as tmp:
             sources = self._sources(Path(tmp) / "in")

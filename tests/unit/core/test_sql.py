@@ -393,6 +393,7 @@ def test_upsert_script_structure() -> None:
         "DECLARE",
         "DECLARE",
         "DECLARE",
+        "INSERT",
         "BEGIN",
         "CREATE",
         "SET",
