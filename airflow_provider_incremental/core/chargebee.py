@@ -31,12 +31,14 @@ Rows hold only source data; the operator adds lineage columns. Schemas are BigQu
 
 from __future__ import annotations
 
-import json
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from airflow_provider_incremental.core.epoch import UTC, EpochError, epoch_bounds, to_datetime, validate_unit
 
@@ -368,28 +370,22 @@ def _context(unit: str, now: datetime) -> _Context:
     return _Context(unit, now, low, high, {"s": 1_000_000, "ms": 1_000, "us": 1}[fast_unit])
 
 
-_fromtimestamp = datetime.fromtimestamp
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _epoch(value: Any, path: str, ctx: _Context) -> datetime:
-    if type(value) is int and ctx.low <= value <= ctx.high:  # the common case, in one C call
-        if ctx.micros == 1_000_000:
-            return _fromtimestamp(value, UTC)
-        return _EPOCH + timedelta(0, 0, value * ctx.micros)
     try:
         return to_datetime(value, ctx.unit, now=ctx.now)
     except EpochError as exc:
         raise _Invalid(exc.reason_code, path, str(exc)) from None
 
 
+_fromtimestamp = datetime.fromtimestamp
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _fields(
     src: dict[str, Any], spec: _Spec, prefix: str, ctx: _Context, extra: Row, *, custom: Row | None = None
 ) -> Row:
-    """Validate and convert the known fields of ``src``; put the unknown ones in ``extra`` / ``custom``.
-
-    The rules, field by field. :func:`_fast_fields` gets the same result for most records, faster.
-    """
+    """Validate and convert the known fields of ``src``; put the unknown ones in ``extra`` / ``custom``."""
+    low, high, micros = ctx.low, ctx.high, ctx.micros
     out: Row = {}
     for key, value in src.items():
         field = spec.get(key)
@@ -412,7 +408,13 @@ def _fields(
                 )
             out[key] = value
         elif kind == _EPOCH_S:
-            out[key] = _epoch(value, prefix + key, ctx)
+            if vtype is int and low <= value <= high:
+                if micros == 1_000_000:
+                    out[key] = _fromtimestamp(value, UTC)
+                else:
+                    out[key] = _EPOCH + timedelta(0, 0, value * micros)
+            else:
+                out[key] = _epoch(value, prefix + key, ctx)
         elif kind == _INT:
             if vtype is not int:
                 if vtype is not float or not value.is_integer():
@@ -452,155 +454,11 @@ def _fields(
     return out
 
 
-class _Fallback(Exception):
-    """Raised by :func:`_fast_fields` for a record it leaves to :func:`_fields`."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A spec, with the shapes of the records seen so far (see :func:`_shape`)."""
-
-    spec: _Spec
-    top: bool  # a customer or a subscription, not a nested record
-    nested: dict[str, _Plan]  # the plans of its record and repeated fields
-    shapes: dict[tuple[Any, ...], _Shape | None]  # keys + value types of a record -> its shape
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """What :func:`_fields` does to a valid record with given keys and value types (in order)."""
-
-    plain: bool  # nothing to do but copy
-    unusual: bool  # nulls, unknown keys or integers in FLOAT fields (dropped or floats)
-    dropped: tuple[str, ...]  # nulls and unknown keys
-    custom: tuple[str, ...]  # cf_* keys
-    extra: tuple[str, ...]  # other unknown keys, but card
-    floats: tuple[str, ...]  # integers in FLOAT fields
-    epochs: tuple[str, ...]
-    limits: tuple[tuple[str, int], ...]  # strings with a maximum length
-    records: tuple[tuple[str, _Plan], ...]
-    repeated: tuple[tuple[str, _Plan], ...]
-
-
-def _plan(spec: _Spec, *, top: bool) -> _Plan:
-    nested = {
-        name: _plan(arg, top=False) for name, (kind, arg) in spec.items() if kind in (_RECORD, _REPEATED)
-    }
-    return _Plan(spec, top, nested, {})
-
-
-_CUSTOMER_PLAN = _plan(_CUSTOMER_SPEC, top=True)
-_SUBSCRIPTION_PLAN = _plan(_SUBSCRIPTION_SPEC, top=True)
-_SHAPES_PER_PLAN = 4096  # a bound on memory: records of further shapes are left to _fields
-_PYTHON_TYPES = {_STRING: str, _INT: int, _EPOCH_S: int, _BOOL: bool, _FLOAT: float, _RECORD: dict,
-                 _REPEATED: list}  # fmt: skip
-
-
-def _shape(plan: _Plan, signature: tuple[Any, ...]) -> _Shape | None:
-    """Return what :func:`_fields` does to a valid record with this signature: keys, then value types.
-
-    ``None`` if the types alone do not make the record valid (a wrong type, a float where an integer is
-    expected: :func:`_fields` decides), or for an unknown key in a nested record (so that
-    :func:`_fields` keeps the order of ``extra_fields``).
-    """
-    dropped, custom, extra, floats, epochs = [], [], [], [], []
-    limits: list[tuple[str, int]] = []
-    records: list[tuple[str, _Plan]] = []
-    repeated: list[tuple[str, _Plan]] = []
-    half = len(signature) // 2
-    for key, vtype in zip(signature[:half], signature[half:], strict=True):
-        field = plan.spec.get(key)
-        if field is None:
-            if not plan.top:
-                return None
-            dropped.append(key)
-            if key.startswith("cf_"):
-                custom.append(key)
-            elif key != "card":
-                extra.append(key)
-            continue
-        kind, arg = field
-        if vtype is type(None):
-            dropped.append(key)
-        elif kind == _JSON:
-            pass
-        elif kind == _FLOAT and vtype is int:
-            floats.append(key)
-        elif vtype is not _PYTHON_TYPES[kind]:
-            return None
-        elif kind == _EPOCH_S:
-            epochs.append(key)
-        elif kind == _STRING and arg is not None:
-            limits.append((key, arg))
-        elif kind == _RECORD:
-            records.append((key, plan.nested[key]))
-        elif kind == _REPEATED:
-            repeated.append((key, plan.nested[key]))
-    unusual = bool(dropped or floats)
-    return _Shape(
-        plain=not (unusual or epochs or limits or records or repeated),
-        unusual=unusual,
-        dropped=tuple(dropped),
-        custom=tuple(custom),
-        extra=tuple(extra),
-        floats=tuple(floats),
-        epochs=tuple(epochs),
-        limits=tuple(limits),
-        records=tuple(records),
-        repeated=tuple(repeated),
-    )
-
-
-def _fast_fields(src: dict[str, Any], plan: _Plan, ctx: _Context, extra: Row, custom: Row) -> Row:
-    """Return what :func:`_fields` returns for a valid record, or raise :class:`_Fallback`.
-
-    Records come in few shapes (their keys and value types, in order), so the decisions that
-    :func:`_fields` takes field by field are taken once per shape by :func:`_shape`; a record is then
-    copied whole and only its epochs, limited strings and nested records are looked at. Anything else
-    (a wrong type, an integral float, a string too long, an epoch out of range, ...) raises
-    :class:`_Fallback` or :class:`_Invalid`: :func:`_fields` redoes the record, so the rules, the
-    rejects and the order of the keys stay its own.
-    """
-    if type(src) is not dict:
-        raise _Fallback
-    signature = (*src, *map(type, src.values()))  # the keys, then the types of their values
-    try:
-        shape = plan.shapes[signature]
-    except KeyError:
-        if len(plan.shapes) >= _SHAPES_PER_PLAN:  # records of too many shapes (keys in any order?)
-            raise _Fallback from None
-        shape = plan.shapes[signature] = _shape(plan, signature)
-    if shape is None:
-        raise _Fallback
-    row = dict(src)
-    if shape.plain:
-        return row
-    if shape.unusual:
-        for key in shape.dropped:
-            del row[key]
-        for key in shape.custom:
-            custom[key] = src[key]
-        for key in shape.extra:
-            extra[key] = src[key]
-        for key in shape.floats:
-            row[key] = float(row[key])
-    for key in shape.epochs:
-        row[key] = _epoch(row[key], key, ctx)
-    for key, limit in shape.limits:
-        if len(row[key]) > limit:
-            raise _Fallback
-    for key, nested in shape.records:
-        row[key] = _fast_fields(row[key], nested, ctx, extra, custom)
-    for key, nested in shape.repeated:
-        row[key] = [_fast_fields(item, nested, ctx, extra, custom) for item in row[key]]
-    return row
-
-
 def _blank(value: Any) -> bool:
     return value is None or (type(value) is str and not value.strip())
 
 
-def _record_row(src: dict[str, Any], plan: _Plan, ctx: _Context, *, needs_customer_id: bool) -> Row:
+def _record_row(src: dict[str, Any], spec: _Spec, ctx: _Context, *, needs_customer_id: bool) -> Row:
     """Return the row of one customer or subscription object, or raise :class:`_Invalid`."""
     if _blank(src.get("id")):
         raise _Invalid("missing_id", "id", "the record has no id")
@@ -608,11 +466,7 @@ def _record_row(src: dict[str, Any], plan: _Plan, ctx: _Context, *, needs_custom
         raise _Invalid("missing_customer_id", "customer_id", "the subscription has no customer_id")
     extra: Row = {}
     custom: Row = {}
-    try:
-        row = _fast_fields(src, plan, ctx, extra, custom)
-    except (_Fallback, _Invalid):
-        extra, custom = {}, {}
-        row = _fields(src, plan.spec, "", ctx, extra, custom=custom)
+    row = _fields(src, spec, "", ctx, extra, custom=custom)
     if custom:
         row["custom_fields"] = custom
     if extra:
@@ -662,7 +516,7 @@ def normalise_entry(
     else:
         customer_id = _record_id(customer)
         try:
-            customer_row = _record_row(customer, _CUSTOMER_PLAN, ctx, needs_customer_id=False)
+            customer_row = _record_row(customer, _CUSTOMER_SPEC, ctx, needs_customer_id=False)
         except _Invalid as exc:
             rejects.append(_reject("customer", index, customer_id, exc, _without_card(customer)))
 
@@ -683,7 +537,7 @@ def normalise_entry(
 def _subscription_row(src: Any, customer_id: str | None, ctx: _Context) -> Row:
     if type(src) is not dict:
         raise _wrong_type("subscription", "an object", src)
-    row = _record_row(src, _SUBSCRIPTION_PLAN, ctx, needs_customer_id=True)
+    row = _record_row(src, _SUBSCRIPTION_SPEC, ctx, needs_customer_id=True)
     if customer_id is not None and row["customer_id"] != customer_id:
         raise _Invalid(
             "customer_mismatch",
@@ -726,60 +580,62 @@ def unknown_fields(row: Row) -> set[str]:
 _OLDEST = datetime.min.replace(tzinfo=UTC)
 
 
-def _version(row: Row) -> tuple[datetime, int]:
-    return row.get("updated_at") or row.get("created_at") or _OLDEST, row.get("resource_version") or -1
+def version_key(row: Row, canonical: bytes | None = None) -> tuple[datetime, int, bytes]:
+    """The order of the versions of one record: newest ``updated_at`` (or ``created_at``), then
+    ``resource_version``, then a hash of the row's canonical JSON, so that two different rows with the
+    same version still have one winner whatever the input order.
 
-
-def _canonical(row: Row) -> str:
-    return json.dumps(row, sort_keys=True, default=str)
+    :param row: a row from :func:`normalise_entry` (datetimes, not epochs).
+    :param canonical: the row as JSON with sorted keys, if the caller has it already.
+    """
+    data = canonical if canonical is not None else orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+    return (
+        row.get("updated_at") or row.get("created_at") or _OLDEST,
+        row.get("resource_version") or -1,
+        hashlib.blake2b(data, digest_size=8).digest(),
+    )
 
 
 def newer(a: Row, b: Row) -> bool:
-    """Return whether row ``a`` is strictly newer than row ``b`` of the same record.
-
-    Rows are ordered by ``updated_at`` (or ``created_at`` when it is missing), then ``resource_version``.
-    Two different rows with the same version are ordered by their canonical JSON, so that the winner
-    never depends on the input order. Compare rows from :func:`normalise_entry` (datetimes, not epochs).
+    """Return whether row ``a`` is strictly newer than row ``b`` of the same record (:func:`version_key`).
 
     :param a: a row.
     :param b: another row with the same ``id``.
     """
-    version_a, version_b = _version(a), _version(b)
-    if version_a != version_b:
-        return version_a > version_b
-    return a != b and _canonical(a) > _canonical(b)
+    return version_key(a) > version_key(b)
 
 
 class CustomerDedup:
-    """Keep the newest row per customer id (see :func:`newer`); memory grows with distinct ids only.
+    """Keep the newest row per customer id (:func:`version_key`), holding an index, not the rows.
 
-    In a list-subscriptions export every entry repeats its customer: ``duplicates`` counts the rows
-    folded into an earlier one.
+    In a list-subscriptions export every entry repeats its customer. The caller keeps the rows where it
+    likes (the transform spills them to disk) and passes a token for each (its line number); memory grows
+    with the distinct ids only. ``duplicates`` counts the rows folded into another.
     """
 
     def __init__(self) -> None:
-        self._rows: dict[str, Row] = {}
+        self._index: dict[str, tuple[tuple[datetime, int, bytes], Any]] = {}
         self.duplicates = 0
 
-    def add(self, row: Row) -> bool:
+    def add(self, row: Row, token: Any, canonical: bytes | None = None) -> bool:
         """Add a customer row; return whether it is now the kept row for its id.
 
         :param row: a customer row from :func:`normalise_entry`.
+        :param token: what :meth:`kept` returns for this row if it wins.
+        :param canonical: the row as JSON with sorted keys, if the caller has it already.
         """
-        key = row["id"]
-        kept = self._rows.get(key)
-        if kept is None:
-            self._rows[key] = row
-            return True
-        self.duplicates += 1
-        if newer(row, kept):
-            self._rows[key] = row
-            return True
-        return False
+        version = version_key(row, canonical)
+        kept = self._index.get(row["id"])
+        if kept is not None:
+            self.duplicates += 1
+            if version <= kept[0]:
+                return False
+        self._index[row["id"]] = (version, token)
+        return True
 
-    def rows(self) -> list[Row]:
-        """Return the kept rows, in first-seen order of their ids."""
-        return list(self._rows.values())
+    def kept(self) -> list[Any]:
+        """The tokens of the kept rows, in first-seen order of their ids."""
+        return [token for _, token in self._index.values()]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._index)

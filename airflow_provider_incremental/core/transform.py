@@ -22,6 +22,7 @@ from typing import IO, Any, BinaryIO
 import orjson
 
 from airflow_provider_incremental.core.chargebee import (
+    CustomerDedup,
     normalise_entry,
     quarantine_row,
     unknown_fields,
@@ -137,36 +138,25 @@ class _Writer:
         self._fp.close()
 
 
-class _CustomerDedup:
-    """Keep the newest customer row per id with memory for an index only, not for the rows.
+class _CustomerSpill:
+    """Customer rows spilled to disk, deduplicated by :class:`CustomerDedup` (an index, not the rows).
 
-    Every row is appended to a spill file; the index maps each id to the version of its newest row
-    (``updated_at`` or ``created_at``, then ``resource_version``, then a hash of the row so that equal
-    versions with different content still pick one winner whatever the input order) and its line.
-    ``write_newest`` then copies the winning lines, in the order they were read.
+    ``write_newest`` copies the newest row of each id, in the order the rows were read.
     """
 
     def __init__(self, spill: Path) -> None:
         self._path = spill
         self._fp: IO[bytes] = open(spill, "wb")
-        self._index: dict[str, tuple[tuple[Any, int, bytes], int]] = {}
+        self._dedup = CustomerDedup()
         self._lines = 0
-        self.duplicates = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self._dedup.duplicates
 
     def add(self, row: dict[str, Any]) -> None:
-        data = orjson.dumps(row, option=_DUMP)
-        when = row.get("updated_at") or row.get("created_at")
-        version = (
-            when.timestamp() if when else float("-inf"),
-            row.get("resource_version") or -1,
-            hashlib.blake2b(data, digest_size=8).digest(),
-        )
-        key = row["id"]
-        kept = self._index.get(key)
-        if kept is not None:
-            self.duplicates += 1
-        if kept is None or version > kept[0]:
-            self._index[key] = (version, self._lines)
+        data = orjson.dumps(row, option=_DUMP | orjson.OPT_SORT_KEYS)
+        self._dedup.add(row, self._lines, canonical=data)
         self._fp.write(data)
         self._lines += 1
 
@@ -176,11 +166,10 @@ class _CustomerDedup:
     def write_newest(self, path: Path, digest: Any) -> int:
         """Write the newest row of each id to ``path`` (feeding ``digest``); return how many."""
         self._fp.close()
-        winners = sorted(line for _, line in self._index.values())
+        wanted = iter(sorted(self._dedup.kept()))
+        target = next(wanted, None)
         writer = _Writer(path, digest)
         with open(self._path, "rb") as spill:
-            wanted = iter(winners)
-            target = next(wanted, None)
             for number, line in enumerate(spill):
                 if number == target:
                     writer.write_line(line)
@@ -220,7 +209,7 @@ def transform_exports(
         files={"customers": out_dir / "customers.ndjson", **{n: w.path for n, w in writers.items()}}
     )
     counts = result.counts
-    customers = _CustomerDedup(out_dir / "customers.all.ndjson")
+    customers = _CustomerSpill(out_dir / "customers.all.ndjson")
     started = last_report = time.monotonic()
     entry_offset = 0  # record indexes continue across the pages of one export
     try:
