@@ -85,3 +85,13 @@ def openlineage(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -
         inputs=[Dataset(namespace=ns, name=name) for ns, name in inputs],
         outputs=[Dataset(namespace=ns, name=name) for ns, name in outputs],
     )
+
+
+class OpenLineageMixin:
+    """``get_openlineage_facets_on_complete`` from the ``(namespace, name)`` datasets ``execute`` stored."""
+
+    _lineage: tuple[list[tuple[str, str]], list[tuple[str, str]]] = ([], [])
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage inputs and outputs of the last ``execute``, when the OpenLineage provider is installed."""
+        return openlineage(*self._lineage)

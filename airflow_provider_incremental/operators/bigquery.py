@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_incremental.links import (
     BigQueryConsoleJobLink,
     BigQueryConsoleTableLink,
+    OpenLineageMixin,
     job_url,
-    openlineage,
     table_url,
 )
 from airflow_provider_incremental.version_compat import BaseOperator
@@ -28,7 +28,7 @@ STATE_TABLE = "_incremental_state"
 AUDIT_TABLE = "_incremental_audit"
 
 
-class IncrementalBigQueryOperator(BaseOperator):
+class IncrementalBigQueryOperator(OpenLineageMixin, BaseOperator):
     """Copy the new and updated rows of ``source_table`` into ``destination_table``, exactly once.
 
     The cursor is found through ``INFORMATION_SCHEMA.COLUMNS``: ``COALESCE(updated_at, created_at)``
@@ -248,11 +248,6 @@ class IncrementalBigQueryOperator(BaseOperator):
             version,
             labels,
         )
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage input (source) and output (destination) tables, when the provider is installed."""
-        inputs, outputs = getattr(self, "_lineage", ([], []))
-        return openlineage(inputs, outputs)
 
     def _read_watermark(
         self,

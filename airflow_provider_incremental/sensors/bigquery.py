@@ -95,21 +95,18 @@ class BigQueryTimestampColumnSensor(BaseSensorOperator):
         return parsed
 
     def _check(self) -> dict[str, Any]:
-        from airflow_provider_incremental.core.sql import TableRef
-        from airflow_provider_incremental.hooks.bigquery import IncrementalBigQueryHook
+        from airflow_provider_incremental.triggers.bigquery import probe
 
-        hook = IncrementalBigQueryHook(
+        result = probe(
+            table=self.table,
+            columns=self.columns,
+            require=self.require,
+            allowed_types=self.allowed_types,
+            fresh_through=self._fresh_through(),
             gcp_conn_id=self.gcp_conn_id,
             location=self.location,
             impersonation_chain=self.impersonation_chain,
             api_endpoint=self.api_endpoint,
-        )
-        result = hook.check_timestamp_columns(
-            TableRef.parse(self.table),
-            self.columns,
-            require=self.require,
-            allowed_types=self.allowed_types,
-            fresh_through=self._fresh_through(),
         )
         self.log.info("%s", result["message"])
         if result["wrong_type"] and not result["satisfied"] and not self.wait_on_wrong_type:

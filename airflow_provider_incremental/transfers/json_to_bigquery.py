@@ -15,9 +15,9 @@ from airflow_provider_incremental.exceptions import TooManyBadRecordsError
 from airflow_provider_incremental.links import (
     BigQueryConsoleDatasetLink,
     BigQueryConsoleJobLink,
+    OpenLineageMixin,
     dataset_url,
     job_url,
-    openlineage,
 )
 from airflow_provider_incremental.version_compat import BaseOperator
 
@@ -32,7 +32,7 @@ ON_DELETED = ("soft", "hard")
 VERSION_ORDER = ("updated_at", "resource_version")
 
 
-class JsonEpochToBigQueryOperator(BaseOperator):
+class JsonEpochToBigQueryOperator(OpenLineageMixin, BaseOperator):
     """Load Chargebee-style list exports into BigQuery ``customers`` and ``subscriptions`` tables.
 
     Reads ``{"list": [{"subscription": ..., "customer": ..., "card": ...}], "next_offset": ...}`` files in
@@ -225,11 +225,6 @@ class JsonEpochToBigQueryOperator(BaseOperator):
             dict(result.reasons) or "no rejects",
         )
         return summary
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage inputs (the export files) and outputs (the tables), when the provider is installed."""
-        inputs, outputs = getattr(self, "_lineage", ([], []))
-        return openlineage(inputs, outputs)
 
     def _load(
         self,

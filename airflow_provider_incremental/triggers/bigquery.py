@@ -79,21 +79,16 @@ class BigQueryTimestampColumnTrigger(BaseTrigger):
         )
 
     def _check(self) -> dict[str, Any]:
-        from airflow_provider_incremental.core.sql import TableRef
-        from airflow_provider_incremental.hooks.bigquery import IncrementalBigQueryHook
-
-        hook = IncrementalBigQueryHook(
+        return probe(
+            table=self.table,
+            columns=self.columns,
+            require=self.require,
+            allowed_types=self.allowed_types,
+            fresh_through=datetime.fromisoformat(self.fresh_through) if self.fresh_through else None,
             gcp_conn_id=self.gcp_conn_id,
             location=self.location,
             impersonation_chain=self.impersonation_chain,
             api_endpoint=self.api_endpoint,
-        )
-        return hook.check_timestamp_columns(
-            TableRef.parse(self.table),
-            self.columns,
-            require=self.require,
-            allowed_types=self.allowed_types,
-            fresh_through=datetime.fromisoformat(self.fresh_through) if self.fresh_through else None,
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -116,3 +111,34 @@ class BigQueryTimestampColumnTrigger(BaseTrigger):
             yield TriggerEvent(  # type: ignore[no-untyped-call]
                 {"status": "error", "message": f"{type(err).__name__}: {err}", "result": None}
             )
+
+
+def probe(
+    *,
+    table: str,
+    columns: Sequence[str],
+    require: str,
+    allowed_types: Sequence[str],
+    fresh_through: datetime | None,
+    gcp_conn_id: str,
+    location: str | None,
+    impersonation_chain: str | Sequence[str] | None,
+    api_endpoint: str | None,
+) -> dict[str, Any]:
+    """One look at the table's columns (and freshness): what the sensor pokes and the trigger polls."""
+    from airflow_provider_incremental.core.sql import TableRef
+    from airflow_provider_incremental.hooks.bigquery import IncrementalBigQueryHook
+
+    hook = IncrementalBigQueryHook(
+        gcp_conn_id=gcp_conn_id,
+        location=location,
+        impersonation_chain=impersonation_chain,
+        api_endpoint=api_endpoint,
+    )
+    return hook.check_timestamp_columns(
+        TableRef.parse(table),
+        columns,
+        require=require,
+        allowed_types=allowed_types,
+        fresh_through=fresh_through,
+    )
