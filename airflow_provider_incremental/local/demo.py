@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         _airflow(["db", "migrate"], env)
         with LocalBigQuery() as bq:
             print(f"[demo] local BigQuery emulator at {bq.endpoint} (project {bq.project})", flush=True)
+            print(
+                "[demo] per run: entries read, rows loaded into raw, records quarantined (reasons), rows merged"
+                " into analytics (+inserted/~updated), watermark after the run",
+                flush=True,
+            )
             os.environ.update(bq.airflow_env())
             env.update(bq.airflow_env())
             rows = [
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{ANALYTICS}.customers": expected["customers"],
             f"{ANALYTICS}.subscriptions": expected["subscriptions"],
         }
-        print("\n[demo] what landed (merged cust./subs.: +inserted/~updated; '+' and '~' per run):")
+        print("\n[demo] what landed:")
         table = [["table", "rows", "expected", ""]]
         table += [
             [name, str(n), str(want[name]), "ok" if n == want[name] else "MISMATCH"]
