@@ -234,17 +234,13 @@ def connection_env(local_bigquery: LocalBigQuery, endpoint: str) -> str:
 
 # -- one fault-free reference run per test session, shared by the reliability modules -------------------
 
-_SHARED: dict[str, Any] = {}
 
-
-def shared_exports(tmp_path_factory: pytest.TempPathFactory) -> list[Hour]:
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> list[Hour]:
     """The hourly exports every reliability test loads (generated once per session)."""
-    if "exports" not in _SHARED:
-        _SHARED["exports"] = hourly_exports(
-            tmp_path_factory.mktemp("reliability-exports"), hours=HOURS, entries_per_hour=ENTRIES_PER_HOUR
-        )
-    exports: list[Hour] = _SHARED["exports"]
-    return exports
+    return hourly_exports(
+        tmp_path_factory.mktemp("reliability-exports"), hours=HOURS, entries_per_hour=ENTRIES_PER_HOUR
+    )
 
 
 @dataclass(frozen=True)
@@ -256,12 +252,10 @@ class Reference:
     snapshot: dict[str, list[str]]
 
 
-def shared_reference(exports: list[Hour]) -> Reference:
-    """Run the pipeline once per session (default connection, no faults) and snapshot its tables."""
-    if "reference" not in _SHARED:
-        suffix = uuid.uuid4().hex[:8]
-        raw, analytics = f"ref_raw_{suffix}", f"ref_analytics_{suffix}"
-        run_pipeline(exports, raw, analytics)
-        _SHARED["reference"] = Reference(raw, analytics, snapshot(raw, analytics))
-    reference: Reference = _SHARED["reference"]
-    return reference
+@pytest.fixture(scope="session")
+def reference(exports: list[Hour], local_bigquery: LocalBigQuery) -> Reference:
+    """The tables of the pipeline run once per session (default connection, no faults, no crash)."""
+    suffix = uuid.uuid4().hex[:8]
+    raw, analytics = f"ref_raw_{suffix}", f"ref_analytics_{suffix}"
+    run_pipeline(exports, raw, analytics)
+    return Reference(raw, analytics, snapshot(raw, analytics))

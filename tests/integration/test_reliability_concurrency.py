@@ -20,7 +20,6 @@ from google.api_core.exceptions import NotFound
 
 from airflow_provider_incremental.core.sql import TableRef
 from airflow_provider_incremental.hooks.bigquery import _CONFLICT, IncrementalBigQueryHook, make_job_id
-from airflow_provider_incremental.local import LocalBigQuery
 from tests.integration.helpers import query
 from tests.integration.reliability import (
     RAW_TABLES,
@@ -33,24 +32,12 @@ from tests.integration.reliability import (
     merge_operator,
     rows,
     run_task,
-    shared_exports,
-    shared_reference,
     watermarks,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 #: a job id re-run by the hook after a conflict ends in _<n> after the 12-hex data/work hash
 RETRIED = re.compile(r"[0-9a-f]{12}_(\d{1,2})$")
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> list[Hour]:
-    return shared_exports(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(exports: list[Hour], local_bigquery: LocalBigQuery) -> Reference:
-    return shared_reference(exports)
 
 
 def at_once(*tasks: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:

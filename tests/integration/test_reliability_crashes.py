@@ -5,7 +5,7 @@ paid once) that pauses at the crash point (a hook call with a matching job id) a
 which then SIGKILLs it: no ``finally``, no clean-up, like an OOM kill or a lost worker. The crash hits
 the second hour, so that the merges carry updates of earlier rows. The retry is another child with the
 same run id (try 2). The reference is the session's fault-free run
-(:func:`tests.integration.reliability.shared_reference`), which ran the same tasks in the same order.
+(the ``reference`` fixture of ``tests/integration/conftest.py``), which ran the same tasks in the same order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_incremental.local import LocalBigQuery
 from tests.integration import crashrunner
 from tests.integration.helpers import query
 from tests.integration.reliability import (
@@ -35,8 +34,6 @@ from tests.integration.reliability import (
     merge_operator,
     rows,
     run_task,
-    shared_exports,
-    shared_reference,
     watermarks,
 )
 
@@ -46,16 +43,6 @@ _FORK = multiprocessing.get_context("fork")
 #: the incremental crash tests move this table (map index 1 of merge_into_analytics)
 TABLE, MAP_INDEX = "subscriptions", 1
 POINTS = ("before_upsert", "after_upsert_before_finish")
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> list[Hour]:
-    return shared_exports(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(exports: list[Hour], local_bigquery: LocalBigQuery) -> Reference:
-    return shared_reference(exports)
 
 
 @pytest.fixture(scope="module")

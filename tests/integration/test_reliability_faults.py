@@ -33,8 +33,6 @@ from tests.integration.reliability import (
     ids,
     rows_compared,
     run_pipeline,
-    shared_exports,
-    shared_reference,
     snapshot,
 )
 
@@ -51,17 +49,6 @@ SCHEMA = [
     {"name": "id", "type": "STRING", "mode": "REQUIRED"},
     {"name": "n", "type": "INT64"},
 ]
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> list[Hour]:
-    return shared_exports(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(exports: list[Hour], local_bigquery: LocalBigQuery) -> Reference:
-    """The tables of a fault-free run of the pipeline (the default connection, no proxy)."""
-    return shared_reference(exports)
 
 
 @pytest.fixture
