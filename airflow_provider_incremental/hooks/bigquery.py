@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 #: BigQuery's messages for concurrent DML on the same table; retrying later succeeds.
 _CONFLICT = re.compile(
     r"concurrent update|could not serialize access|transaction is aborted|aborted due to concurrent"
-    r"|failed to commit",  # the local emulator's (DuckLake) word for a write-write conflict
+    r"|failed to commit|conflict on update",  # the local emulator's (DuckDB) words for a write-write conflict
     re.I,
 )
 _JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

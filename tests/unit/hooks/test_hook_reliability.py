@@ -123,7 +123,12 @@ def test_a_job_that_failed_in_an_earlier_try_is_not_reused(
 
 
 @pytest.mark.parametrize(
-    "error", [BadRequest(EMULATOR_CONFLICT), Conflict("Already Exists: Table p:d._state")]
+    "error",
+    [
+        BadRequest(EMULATOR_CONFLICT),
+        BadRequest("Conflict on update!"),  # seen from concurrent CREATE TABLE IF NOT EXISTS on the emulator
+        Conflict("Already Exists: Table p:d._state"),
+    ],
 )
 def test_ddl_that_loses_a_creation_race_is_run_again(
     hook: IncrementalBigQueryHook, mocker: MockerFixture, sleep: MagicMock, error: Exception
