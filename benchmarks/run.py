@@ -7,6 +7,8 @@ peak RSS is per variant; each variant runs ``--repeat`` times (interleaved) and 
 and the median. The variants, each writing NDJSON:
 
 * ``operator``: this provider's ``transform_exports`` (streaming parse + validate + convert + write);
+* ``exact``: the same with its typed fast path off (``typed=False``): every entry through orjson and
+  ``normalise_entry``, the path dirty batches take;
 * ``floor``: ``orjson.loads`` of the whole file + ``orjson.dumps`` of each subscription and customer, no
   conversion: the fastest plausible Python baseline, memory growing with the file;
 * ``naive``: ``json.load`` + ``datetime.fromtimestamp`` of the epoch fields + ``json.dumps`` per row.
@@ -34,7 +36,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
-VARIANTS = ("floor", "operator", "naive")
+VARIANTS = ("floor", "operator", "exact", "naive")
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)  # fixed reference time: the generated epochs are 2022-2024
 GB_MB = 1024  # --gb: a 1 GiB file
 BUFFER = 1 << 20
@@ -45,12 +47,12 @@ Runner = Callable[[Path, Path], int]
 # -- the variants (run in the child process) ---------------------------------------------------------------
 
 
-def _operator() -> Runner:
+def _operator(typed: bool = True) -> Runner:
     from airflow_provider_incremental.core.transform import transform_exports
 
     def run(path: Path, out: Path) -> int:
         result = transform_exports(
-            [(str(path), lambda: open(path, "rb"))], out, unit="s", now=NOW, load_id="bench"
+            [(str(path), lambda: open(path, "rb"))], out, unit="s", now=NOW, load_id="bench", typed=typed
         )
         if result.quarantined:
             raise RuntimeError(
@@ -111,7 +113,12 @@ def _naive() -> Runner:
     return run
 
 
-RUNNERS: dict[str, Callable[[], Runner]] = {"operator": _operator, "floor": _floor, "naive": _naive}
+RUNNERS: dict[str, Callable[[], Runner]] = {
+    "operator": _operator,
+    "exact": lambda: _operator(typed=False),
+    "floor": _floor,
+    "naive": _naive,
+}
 
 
 def child(variant: str, path: Path, out: Path) -> None:

@@ -624,13 +624,16 @@ class CustomerDedup:
         :param token: what :meth:`kept` returns for this row if it wins.
         :param canonical: the row as JSON with sorted keys, if the caller has it already.
         """
-        version = version_key(row, canonical)
-        kept = self._index.get(row["id"])
+        return self.add_version(row["id"], version_key(row, canonical), token)
+
+    def add_version(self, record_id: str, version: tuple[datetime, int, bytes], token: Any) -> bool:
+        """:meth:`add` for a row whose :func:`version_key` the caller has computed already."""
+        kept = self._index.get(record_id)
         if kept is not None:
             self.duplicates += 1
             if version <= kept[0]:
                 return False
-        self._index[row["id"]] = (version, token)
+        self._index[record_id] = (version, token)
         return True
 
     def kept(self) -> list[Any]:

@@ -28,6 +28,7 @@ from airflow_provider_incremental.core.chargebee import (
     unknown_fields,
 )
 from airflow_provider_incremental.core.json_stream import ExportReader, parse_next_offset
+from airflow_provider_incremental.core.typed import ENCODE, TypedDecoder, TypedEntry
 
 ENTITIES = ("customer", "subscription", "entry")
 _DUMP = orjson.OPT_APPEND_NEWLINE
@@ -155,9 +156,14 @@ class _CustomerSpill:
         return self._dedup.duplicates
 
     def add(self, row: dict[str, Any]) -> None:
-        data = orjson.dumps(row, option=_DUMP | orjson.OPT_SORT_KEYS)
+        data = ENCODE(row) + b"\n"
         self._dedup.add(row, self._lines, canonical=data)
         self._fp.write(data)
+        self._lines += 1
+
+    def add_typed(self, entry: TypedEntry) -> None:
+        self._dedup.add_version(entry.customer_id, entry.version, self._lines)
+        self._fp.write(entry.customer)
         self._lines += 1
 
     def close(self) -> None:
@@ -189,6 +195,7 @@ def transform_exports(
     allow_python_literals: bool = False,
     progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 10.0,
+    typed: bool = True,
 ) -> TransformResult:
     """Transform export files into ``customers``, ``subscriptions`` and ``rejects`` NDJSON files.
 
@@ -200,6 +207,8 @@ def transform_exports(
     :param load_id: the id of this load, written into each quarantine row.
     :param allow_python_literals: repair Python-literal exports (single quotes, True/False/None).
     :param progress: called at least every ``progress_interval`` seconds while reading.
+    :param typed: decode clean batches with the typed fast path (:mod:`.typed`); the rows are the same
+        either way (``False`` is for tests and benchmarks).
     :raises SourceFormatError: a file is not a readable export (nothing is returned, nothing loaded).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,32 +219,50 @@ def transform_exports(
     )
     counts = result.counts
     customers = _CustomerSpill(out_dir / "customers.all.ndjson")
+    fast = TypedDecoder(unit=unit, now=now) if typed else None
     started = last_report = time.monotonic()
     entry_offset = 0  # record indexes continue across the pages of one export
     try:
         for name, opener in sources:
             result.sources.append(name)
             with opener() as fp:
-                reader = ExportReader(fp, source=name, allow_python_literals=allow_python_literals)
+                reader = ExportReader(
+                    fp,
+                    source=name,
+                    allow_python_literals=allow_python_literals,
+                    decode=fast.decode if fast is not None else None,
+                )
                 for index, entry in reader.entries():
-                    customer, subscription, rejects = normalise_entry(entry, index, unit=unit, now=now)
-                    if customer is not None:
+                    if type(entry) is TypedEntry:  # a row of a clean batch: checked and encoded already
                         counts["customer"].read += 1
-                        customers.add(customer)
-                        result.unknown_fields |= unknown_fields(customer)
-                    if subscription is not None:
-                        counts["subscription"].read += 1
-                        counts["subscription"].loaded += 1
-                        writers["subscriptions"].write(subscription)
-                        result.unknown_fields |= unknown_fields(subscription)
-                    for reject in rejects:
-                        entity = counts[reject.entity]
-                        entity.read += 1
-                        entity.quarantined += 1
-                        result.reasons[reject.reason_code] += 1
-                        writers["rejects"].write(
-                            quarantine_row(reject, source=name, load_id=load_id, rejected_at=now)
-                        )
+                        customers.add_typed(entry)
+                        if entry.subscription is not None:
+                            counts["subscription"].read += 1
+                            counts["subscription"].loaded += 1
+                            writers["subscriptions"].write_line(entry.subscription)
+                    else:
+                        customer, subscription, rejects = normalise_entry(entry, index, unit=unit, now=now)
+                        if customer is not None:
+                            counts["customer"].read += 1
+                            customers.add(customer)
+                            result.unknown_fields |= unknown_fields(customer)
+                            if fast is not None and "custom_fields" in customer:
+                                fast.learn("customer", customer["custom_fields"])
+                        if subscription is not None:
+                            counts["subscription"].read += 1
+                            counts["subscription"].loaded += 1
+                            writers["subscriptions"].write_line(ENCODE(subscription) + b"\n")
+                            result.unknown_fields |= unknown_fields(subscription)
+                            if fast is not None and "custom_fields" in subscription:
+                                fast.learn("subscription", subscription["custom_fields"])
+                        for reject in rejects:
+                            entity = counts[reject.entity]
+                            entity.read += 1
+                            entity.quarantined += 1
+                            result.reasons[reject.reason_code] += 1
+                            writers["rejects"].write(
+                                quarantine_row(reject, source=name, load_id=load_id, rejected_at=now)
+                            )
                     if progress is not None and time.monotonic() - last_report >= progress_interval:
                         last_report = time.monotonic()
                         progress(

@@ -1,0 +1,192 @@
+"""``core.typed``: the typed fast path gives exactly the exact path's rows, or declines.
+
+Differential: every export in ``tests/data`` (the sample, its Python-literal twin, the bad-input corpus,
+generated exports) goes through ``transform_exports`` with ``typed=True`` and ``typed=False``; the NDJSON
+files, counts, reasons and errors must be the same. Table-style cases then show, batch by batch, what the
+fast path takes and what it leaves to the exact path (each would change a row, or hide a reader error).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_incremental.core.transform import TransformResult, transform_exports
+from airflow_provider_incremental.core.typed import TypedDecoder, TypedEntry
+from airflow_provider_incremental.exceptions import SourceFormatError
+from airflow_provider_incremental.local.generate import write_export
+
+UTC = timezone.utc
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+DATA = Path(__file__).parents[2] / "data"
+SAMPLE = json.loads((DATA / "small.json").read_bytes())
+FILES = sorted(
+    p for p in DATA.rglob("*") if p.is_file() and p.suffix in (".json", ".txt") and p.name != "utf16.json"
+)
+
+
+def run(tmp_path: Path, data: bytes, *, typed: bool, **kwargs: Any) -> TransformResult | str:
+    """The transform's outcome: the result, or the error message."""
+    out = tmp_path / ("typed" if typed else "exact")
+    try:
+        return transform_exports(
+            [("export.json", lambda: io.BytesIO(data))],
+            out,
+            unit=kwargs.pop("unit", "s"),
+            now=NOW,
+            load_id="l",
+            typed=typed,
+            **kwargs,
+        )
+    except SourceFormatError as exc:
+        return str(exc)
+
+
+def rows(result: TransformResult, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.files[name].read_bytes().splitlines()]
+
+
+def assert_same(tmp_path: Path, data: bytes, **kwargs: Any) -> TransformResult | str:
+    fast = run(tmp_path, data, typed=True, **dict(kwargs))
+    exact = run(tmp_path, data, typed=False, **dict(kwargs))
+    if isinstance(exact, str) or isinstance(fast, str):
+        assert fast == exact
+        return fast
+    assert fast.summary() == exact.summary()
+    for name in ("customers", "subscriptions", "rejects"):
+        assert rows(fast, name) == rows(exact, name), name
+    # one encoder for both paths: the rows (canonical JSON) are the same bytes, and so is the job ids' digest
+    for name in ("customers", "subscriptions"):
+        assert fast.files[name].read_bytes() == exact.files[name].read_bytes()
+    assert fast.digest == exact.digest
+    return fast
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(DATA)))
+def test_every_test_file_gives_the_same_outcome_on_both_paths(tmp_path: Path, path: Path) -> None:
+    literals = path.suffix == ".txt"
+    assert_same(tmp_path, path.read_bytes(), allow_python_literals=literals)
+
+
+@pytest.mark.parametrize("pretty", [False, True])
+@pytest.mark.parametrize("unit", ["s", "auto"])
+def test_generated_exports_give_the_same_rows_and_take_the_fast_path(
+    tmp_path: Path, pretty: bool, unit: str
+) -> None:
+    path = tmp_path / "export.json"
+    write_export(path, entries=3000, seed=7, pretty=pretty)
+    data = path.read_bytes()
+    result = assert_same(tmp_path, data, unit=unit)
+    assert isinstance(result, TransformResult) and result.entries_read == 3000
+
+    decoder = TypedDecoder(unit=unit, now=NOW)
+    entries = json.loads(data)["list"]
+    batch = json.dumps(entries[:50]).encode()
+    assert decoder.decode(batch) is None  # custom fields not learned yet
+    for entry in entries:
+        for entity in ("customer", "subscription"):
+            decoder.learn(entity, [k for k in entry.get(entity, {}) if k.startswith("cf_")])
+    decoded = decoder.decode(batch)
+    assert decoded is not None and len(decoded) == 50
+    assert all(type(e) is TypedEntry for e in decoded)
+
+
+def entry(**changes: Any) -> dict[str, Any]:
+    """The sample's second entry (it has a card), with ``customer__email=value``-style changes (``...``
+    deletes)."""
+    e = copy.deepcopy(SAMPLE["list"][1])
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = e
+        for key in parents:
+            target = target[key]
+        if value is ...:
+            del target[last]
+        else:
+            target[last] = value
+    return e
+
+
+def learned() -> TypedDecoder:
+    decoder = TypedDecoder(unit="s", now=NOW)
+    for e in SAMPLE["list"]:
+        for entity in ("customer", "subscription"):
+            decoder.learn(entity, [k for k in e.get(entity, {}) if k.startswith("cf_")])
+    return decoder
+
+
+GOOD = json.dumps([entry()]).encode()
+DECLINED = {
+    # a record the exact path quarantines
+    "blank id": [entry(customer__id="  ")],
+    "no subscription id": [entry(subscription__id=...)],
+    "no customer": [entry(customer=...)],
+    "null customer": [entry(customer=None)],
+    "customer mismatch": [entry(subscription__customer_id="other")],
+    "no customer_id": [entry(subscription__customer_id=...)],
+    "string too long": [entry(customer__id="x" * 51, subscription__customer_id="x" * 51)],
+    "epoch out of range": [entry(subscription__created_at=10)],
+    "epoch in ms": [entry(subscription__created_at=1_700_000_000_000)],
+    "epoch float": [entry(subscription__created_at=1.7e9)],
+    "nested epoch": [entry(subscription__subscription_items=[{"next_billing_at": "soon"}])],
+    "integral float": [entry(subscription__mrr=10.0)],
+    "int64 overflow": [entry(subscription__mrr=1 << 63)],
+    "wrong type": [entry(subscription__status=1)],
+    # rows the exact path writes differently: nulls omitted, unknown fields kept in extra_fields
+    "null field": [entry(customer__email=None)],
+    "null json": [entry(customer__meta_data=None)],
+    "unknown field": [entry(customer__surprise=1)],
+    "unknown nested field": [entry(customer__billing_address__surprise=1)],
+    "new custom field": [entry(customer__cf_new="x")],
+    "unknown entry key": [{**entry(), "invoice": {}}],
+    "big int in json": [entry(customer__meta_data={"n": 1 << 60})],
+    "card in a record": [entry(customer__card={"last4": "0005"})],
+}
+
+
+def test_a_clean_batch_is_decoded() -> None:
+    decoded = learned().decode(GOOD)
+    assert decoded is not None and len(decoded) == 1
+    row = json.loads(decoded[0].customer)
+    assert row["id"] == SAMPLE["list"][1]["customer"]["id"]
+    created = SAMPLE["list"][1]["customer"]["created_at"]
+    assert row["created_at"] == datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
+    assert json.loads(decoded[0].subscription or b"")["customer_id"] == row["id"]
+
+
+@pytest.mark.parametrize("name", DECLINED)
+def test_batches_the_exact_path_must_judge_are_declined(name: str) -> None:
+    assert learned().decode(json.dumps(DECLINED[name]).encode()) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        GOOD.replace(b'"object": "customer"', b'"object": "customer", "object": "customer"'),  # dup key
+        GOOD.replace(b'"object": "card"', b'"object": "card", "object": "card"'),  # dup key in the card
+        GOOD.replace(b'"company": "', b'"company": "\\u0022'),  # an escaped quote hides from the count
+        GOOD.replace(b'"object": "card"', b'"object": "card", "n": 123456789012345678901'),
+        GOOD[:-40],  # cut inside an entry
+        GOOD.replace(b'"object": "card"', b'"object": NaN'),
+    ],
+    ids=["duplicate key", "duplicate key in card", "escaped quote", "big int in card", "cut", "NaN"],
+)
+def test_batches_the_reader_must_judge_are_declined(data: bytes) -> None:
+    assert data != GOOD
+    assert learned().decode(data) is None
+
+
+def test_dirty_input_is_tried_less_often_and_learning_resets_that() -> None:
+    decoder = learned()
+    bad = json.dumps(DECLINED["blank id"]).encode()
+    tried = [decoder.decode(bad) is None for _ in range(6)]
+    assert all(tried)
+    assert decoder.decode(GOOD) is None  # skipped: the last batches were all declined
+    decoder.learn("customer", ["cf_brand_new"])
+    assert decoder.decode(GOOD) is not None
