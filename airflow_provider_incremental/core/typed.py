@@ -9,6 +9,10 @@ reader's strict rules; for anything else (a record to quarantine, a null, an unk
 another unit, a duplicate key...) it returns ``None`` and the batch takes the exact path, which gives the
 reasons. Both paths encode rows with :data:`ENCODE`, so a row has the same bytes whichever path it took.
 
+Epoch fields decode through msgspec's ``dec_hook`` (range check, then a cached datetime); a customer
+repeated byte for byte in later entries (a customer is repeated in each entry of its subscriptions) is
+recognised by a hash of its bytes and counted as a duplicate without being decoded again.
+
 Strictness the typed decoding does not see by itself is checked cheaply:
 
 * duplicate keys (msgspec keeps the last value): each key of the input is one ``":`` and so is each key
@@ -25,30 +29,27 @@ first batch only.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
 import orjson
 from msgspec import UNSET, Meta, UnsetType
-from msgspec.structs import astuple
 
 from airflow_provider_incremental.core import chargebee as cb
 from airflow_provider_incremental.core.epoch import UTC
 
 __all__ = ["ENCODE", "TypedDecoder", "TypedEntry"]
 
-#: the row encoder of both paths: canonical JSON (keys sorted, datetimes as RFC 3339 ``...Z``), so a row has
-#: the same bytes whichever path and batch it came through (the customer dedup hashes them)
-ENCODE = msgspec.json.Encoder(order="sorted").encode
 
 _INT64 = Annotated[int, Meta(ge=cb._INT64_MIN, le=cb._INT64_MAX)]
 _ESCAPE = re.compile(rb"\\u00(?:22|3[aA])")  # an escaped quote or colon
 _PLAIN = (str, bool, type(None), float)
-_CACHED_DATETIMES = 1 << 16
+_CACHED_EPOCHS = 1 << 16
+_SEEN_CUSTOMERS = 1 << 20  # ~100 MB at most; past that, repeated customers are decoded again
 _MAX_CUSTOM_FIELDS = 256  # learned names per entity; past that, records with new ones take the exact path
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _fromtimestamp = datetime.fromtimestamp
@@ -60,41 +61,57 @@ class TypedEntry:
 
     :param customer_id: the customer's id.
     :param version: the customer's :func:`.chargebee.version_key`.
-    :param customer: the customer row, canonical JSON (keys sorted) and a newline.
+    :param customer: the customer row, canonical JSON (keys sorted) and a newline; ``None`` when the entry
+        repeats, byte for byte, a customer already given (a duplicate: it can never be the newest row).
     :param subscription: the subscription row and a newline, or ``None`` (a list-customers entry).
     """
 
     __slots__ = ("customer", "customer_id", "subscription", "version")
 
-    def __init__(self, customer_id: str, version: Any, customer: bytes, subscription: bytes | None) -> None:
+    def __init__(
+        self, customer_id: str, version: Any, customer: bytes | None, subscription: bytes | None
+    ) -> None:
         self.customer_id = customer_id
         self.version = version
         self.customer = customer
         self.subscription = subscription
 
 
+class _Epoch:
+    """An epoch field's value as decoded: its datetime, written by the encoder (``enc_hook``) as RFC 3339.
+
+    msgspec calls the decoder's ``dec_hook`` for this type with the JSON value, and the result must be an
+    instance of it (a datetime subclass would not be encodable); instances are cached per epoch value.
+    """
+
+    __slots__ = ("datetime",)
+
+    def __init__(self, value: datetime) -> None:
+        self.datetime = value
+
+
+_ENCODE_EPOCH = attrgetter("datetime")  # a C callable: no Python frame per timestamp written
+
+
+#: the row encoder of both paths: canonical JSON (keys sorted, datetimes as RFC 3339 ``...Z``), so a row has
+#: the same bytes whichever path and batch it came through (the customer dedup hashes them); Struct fields
+#: are declared sorted
+ENCODE = msgspec.json.Encoder(order="deterministic", enc_hook=_ENCODE_EPOCH).encode
+
+
 class _Plan:
-    """What to do with a decoded Struct, by field position: epochs, nested Structs, free JSON, custom fields."""
+    """What to check in a decoded record: its free JSON fields and its custom fields."""
 
-    __slots__ = ("custom", "epochs", "json", "nested")
+    __slots__ = ("custom", "json")
 
-    def __init__(self, struct: type, spec: cb._Spec, custom: tuple[str, ...]) -> None:
-        position = {key: i for i, key in enumerate(struct.__struct_fields__)}  # type: ignore[attr-defined]
-
-        def where(*kinds: int) -> tuple[tuple[int, str], ...]:
-            return tuple((position[k], k) for k, (kind, _) in spec.items() if kind in kinds)
-
-        self.epochs = where(cb._EPOCH_S)
-        self.nested = tuple((i, spec[k][0] == cb._REPEATED) for i, k in where(cb._RECORD, cb._REPEATED))
-        self.json = where(cb._JSON)
-        self.custom = tuple((position[k], k) for k in custom)
+    def __init__(self, spec: cb._Spec, custom: tuple[str, ...]) -> None:
+        self.json = tuple(k for k, (kind, _) in spec.items() if kind == cb._JSON)
+        self.custom = custom
 
 
-def _struct(
-    name: str, spec: cb._Spec, epoch: Any, plans: dict[type, _Plan], custom: tuple[str, ...] = ()
-) -> type:
+def _struct(name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[str, ...] = ()) -> type:
     """A Struct type for ``spec`` (every field optional, unknown fields rejected), and its plan."""
-    types = {cb._STRING: str, cb._INT: _INT64, cb._EPOCH_S: epoch, cb._BOOL: bool, cb._FLOAT: float}
+    types = {cb._STRING: str, cb._INT: _INT64, cb._EPOCH_S: _Epoch, cb._BOOL: bool, cb._FLOAT: float}
     fields: list[tuple[str, Any, Any]] = []
     for key, (kind, arg) in spec.items():
         if kind == cb._STRING and arg is not None:
@@ -102,7 +119,7 @@ def _struct(
         elif kind == cb._JSON:
             tp = Any
         elif kind in (cb._RECORD, cb._REPEATED):
-            tp = _struct(f"{name}_{key}", arg, epoch, plans)
+            tp = _struct(f"{name}_{key}", arg, plans)
             if kind == cb._REPEATED:
                 tp = list[tp]
         else:
@@ -111,8 +128,10 @@ def _struct(
     if custom:
         fields += [(key, Any, UNSET) for key in custom]
         fields.append(("custom_fields", Any, UNSET))
-    struct = msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True)
-    plans[struct] = _Plan(struct, spec, custom)
+    fields.sort()  # encoded in this order: the same bytes as a row dict with its keys sorted
+    # gc=False: decoded rows hold no reference cycles, so the cyclic GC need not track (and scan) them
+    struct = msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
+    plans[struct] = _Plan(spec, custom)
     return struct
 
 
@@ -135,6 +154,27 @@ def _card_keys(card: Any) -> int:
         raise _Reject from None
 
 
+def _epoch_hook(low: int, high: int, micros: int) -> Callable[[type, Any], _Epoch]:
+    """msgspec's ``dec_hook`` for epoch fields: an integer in ``[low, high]`` becomes an :class:`_Epoch`;
+    anything else fails the batch (the exact path gives the reason)."""
+    cache: dict[int, _Epoch] = {}  # epochs repeat (a customer in each of its entries, terms in items)
+
+    def hook(kind: type, value: Any) -> _Epoch:
+        epoch = cache.get(value) if type(value) is int else None
+        if epoch is None:
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError("not an epoch in range")
+            if len(cache) >= _CACHED_EPOCHS:
+                cache.clear()
+            if micros == 1_000_000:
+                epoch = cache[value] = _Epoch(_fromtimestamp(value, UTC))
+            else:
+                epoch = cache[value] = _Epoch(_EPOCH + timedelta(0, 0, value * micros))
+        return epoch
+
+    return hook
+
+
 class _Reject(Exception):
     """The batch must take the exact path."""
 
@@ -149,12 +189,14 @@ class TypedDecoder:
 
     def __init__(self, *, unit: str, now: datetime) -> None:
         ctx = cb._context(unit, now)
-        self._epoch = Annotated[int, Meta(ge=ctx.low, le=ctx.high)]
-        self._micros = ctx.micros
+        self._epoch = _epoch_hook(ctx.low, ctx.high, ctx.micros)
         self._custom: dict[str, dict[str, None]] = {"customer": {}, "subscription": {}}
         self._decoder: msgspec.json.Decoder[Any] | None = None
+        self._customer: msgspec.json.Decoder[Any] | None = None
+        #: customer objects (by hash of their bytes) of accepted batches: (id, keys); a customer repeated
+        #: byte for byte in later entries is a duplicate of a row the dedup has already seen
+        self._seen: dict[bytes, tuple[str, int]] = {}
         self._plans: dict[type, _Plan] = {}
-        self._datetimes: dict[int, datetime] = {}  # epochs repeat (a customer in each of its entries)
         self._declines = 0  # batches declined in a row
         self._skip = 0  # batches left to pass to the exact path untried (dirty input costs no double work)
 
@@ -169,21 +211,23 @@ class TypedDecoder:
 
     def _build(self) -> msgspec.json.Decoder[Any]:
         plans: dict[type, _Plan] = {}
-        customer = _struct("Customer", cb._CUSTOMER_SPEC, self._epoch, plans, tuple(self._custom["customer"]))
+        customer = _struct("Customer", cb._CUSTOMER_SPEC, plans, tuple(self._custom["customer"]))
         subscription = _struct(
-            "Subscription", cb._SUBSCRIPTION_SPEC, self._epoch, plans, tuple(self._custom["subscription"])
+            "Subscription", cb._SUBSCRIPTION_SPEC, plans, tuple(self._custom["subscription"])
         )
         entry = msgspec.defstruct(
             "Entry",
             [
                 ("subscription", subscription | UnsetType, UNSET),
-                ("customer", customer | UnsetType, UNSET),
+                ("customer", msgspec.Raw | UnsetType, UNSET),  # decoded apart, once per distinct row
                 ("card", Any, UNSET),
             ],
             forbid_unknown_fields=True,
+            gc=False,
         )
         self._plans = plans
-        self._decoder = msgspec.json.Decoder(list[entry])  # type: ignore[valid-type]
+        self._customer = msgspec.json.Decoder(customer, dec_hook=self._epoch)
+        self._decoder = msgspec.json.Decoder(list[entry], dec_hook=self._epoch)  # type: ignore[valid-type]
         return self._decoder
 
     def decode(self, data: bytes) -> list[TypedEntry] | None:
@@ -211,65 +255,64 @@ class TypedDecoder:
             entries = decoder.decode(data)
             keys = 0  # the keys the rows account for, to compare with the batch's
             out = []
+            seen = self._seen
+            new: dict[bytes, tuple[str, int]] = {}
             for entry in entries:
-                customer, subscription, card = entry.customer, entry.subscription, entry.card
-                cid = customer.id if customer is not UNSET else UNSET
-                if cid is UNSET or not cid or cid.isspace():
-                    return None  # no customer, or no id: the exact path quarantines it
-                keys += 1 - self._convert(customer)
-                row = ENCODE(customer) + b"\n"
-                keys += row.count(b'":')
-                sub_row = None
+                raw, subscription, card = entry.customer, entry.subscription, entry.card
+                if raw is UNSET:
+                    return None  # the exact path quarantines it
+                digest = cb.row_hash(raw)
+                known = seen.get(digest) or new.get(digest)
+                if known is not None:  # the same bytes as a customer row already written
+                    cid, customer_keys = known
+                    typed = TypedEntry(cid, None, None, None)
+                else:
+                    customer = self._customer.decode(raw)  # type: ignore[union-attr]
+                    cid = customer.id
+                    if cid is UNSET or not cid or cid.isspace():
+                        return None  # no id: the exact path quarantines it
+                    customer_keys = 1 - self._check(customer)
+                    row = ENCODE(customer) + b"\n"
+                    customer_keys += row.count(b'":')
+                    new[digest] = (cid, customer_keys)
+                    changed = customer.updated_at or customer.created_at
+                    version = (
+                        changed.datetime if changed else cb._OLDEST,
+                        customer.resource_version or -1,
+                        cb.row_hash(row),
+                    )
+                    typed = TypedEntry(cid, version, row, None)
+                keys += customer_keys
                 if subscription is not UNSET:
                     sid = subscription.id
                     if sid is UNSET or not sid or sid.isspace() or subscription.customer_id != cid:
                         return None  # no id, no customer_id or another customer's
-                    keys += 1 - self._convert(subscription)
-                    sub_row = ENCODE(subscription) + b"\n"
-                    keys += sub_row.count(b'":')
+                    keys += 1 - self._check(subscription)
+                    typed.subscription = ENCODE(subscription) + b"\n"
+                    keys += typed.subscription.count(b'":')
                 if card is not UNSET:
                     keys += 1 + _card_keys(card)
-                version = (
-                    customer.updated_at or customer.created_at or cb._OLDEST,
-                    customer.resource_version or -1,
-                    hashlib.blake2b(row, digest_size=8).digest(),
-                )
-                out.append(TypedEntry(cid, version, row, sub_row))
+                out.append(typed)
         except (_Reject, *_DECODE_ERRORS):
             return None
         if data.count(b'":') != keys:  # a duplicate key (or an unusual spelling): let the reader judge
             return None
+        if len(seen) + len(new) > _SEEN_CUSTOMERS:
+            seen.clear()
+        seen.update(new)
         return out
 
-    def _convert(self, record: Any) -> int:
-        """Convert the epochs of a Struct (and its nested ones) to datetimes in place, check its free JSON,
-        move its custom fields to ``custom_fields``; return how many keys that adds (0 or 1)."""
+    def _check(self, record: Any) -> int:
+        """Check the free JSON of a record, move its custom fields to ``custom_fields``; return how many keys
+        that adds (0 or 1)."""
         plan = self._plans[type(record)]
-        values = astuple(record)
-        datetimes = self._datetimes
-        for i, key in plan.epochs:
-            value = values[i]
-            if value is not UNSET:
-                converted = datetimes.get(value)
-                if converted is None:
-                    if len(datetimes) >= _CACHED_DATETIMES:
-                        datetimes.clear()
-                    converted = datetimes[value] = self._datetime(value)
-                setattr(record, key, converted)
-        for i, repeated in plan.nested:
-            value = values[i]
-            if value is not UNSET:
-                for item in value if repeated else (value,):
-                    self._convert(item)
-        for i, _ in plan.json:
-            value = values[i]
+        for key in plan.json:
+            value = getattr(record, key)
             if value is not UNSET and (value is None or not _plain(value)):
                 raise _Reject  # the exact path omits a null and judges big integers
-        if not plan.custom:
-            return 0
         custom = {}
-        for i, key in plan.custom:
-            value = values[i]
+        for key in plan.custom:
+            value = getattr(record, key)
             if value is not UNSET:
                 if not _plain(value):
                     raise _Reject
@@ -279,8 +322,3 @@ class TypedDecoder:
             record.custom_fields = custom
             return 1
         return 0
-
-    def _datetime(self, value: int) -> datetime:
-        if self._micros == 1_000_000:
-            return _fromtimestamp(value, UTC)
-        return _EPOCH + timedelta(0, 0, value * self._micros)
