@@ -171,6 +171,24 @@ class ExportReader:
 
         :raises SourceFormatError: the file is not a valid export; the message gives the position.
         """
+        for first, batch in self._batches():
+            for i in range(len(batch)):
+                entry = batch[i]
+                batch[i] = None  # let the caller's copy be the last one
+                self.entries_read = first + i + 1
+                yield first + i, entry
+
+    def batches(self) -> Iterator[tuple[int, list[Any]]]:
+        """Like :meth:`entries`, a batch at a time: yield ``(index of the first entry, entries)``.
+
+        :raises SourceFormatError: the file is not a valid export; the message gives the position.
+        """
+        for first, batch in self._batches():
+            self.entries_read = first + len(batch)
+            yield first, batch
+
+    def _batches(self) -> Iterator[tuple[int, list[Any]]]:
+        """Yield the batches; the caller counts them into :attr:`entries_read` before asking for the next."""
         if self._started:
             raise RuntimeError("ExportReader.entries() can be iterated only once")
         self._started = True
@@ -179,12 +197,7 @@ class ExportReader:
         if not more:
             self._pos += 1
         while more:
-            batch = self._next_batch()
-            for i in range(len(batch)):
-                entry = batch[i]
-                batch[i] = None  # let the caller's copy be the last one
-                self.entries_read += 1
-                yield self.entries_read - 1, entry
+            yield self.entries_read, self._next_batch()
             more = self._after_entry()
         self._close()
 

@@ -118,12 +118,13 @@ class _Writer:
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        self.write_line(orjson.dumps(row, option=_DUMP))
+        self.write_lines([orjson.dumps(row, option=_DUMP)])
 
-    def write_line(self, data: bytes) -> None:
-        self._buffer.append(data)
-        self._size += len(data)
-        self.rows += 1
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Write rows already encoded, each ending with a newline."""
+        self._buffer += lines
+        self._size += sum(map(len, lines))
+        self.rows += len(lines)
         if self._size > 1 << 20:
             self.flush()
 
@@ -161,13 +162,16 @@ class _CustomerSpill:
         self._fp.write(data)
         self._lines += 1
 
-    def add_typed(self, entry: TypedEntry) -> None:
-        if entry.customer is None:  # the same bytes as a row added before: a duplicate, never the newest
-            self._dedup.duplicates += 1
-            return
-        self._dedup.add_version(entry.customer_id, entry.version, self._lines)
-        self._fp.write(entry.customer)
-        self._lines += 1
+    def add_typed(self, entries: list[TypedEntry]) -> None:
+        rows: list[bytes] = []
+        for entry in entries:
+            if entry.customer is None:  # the same bytes as a row added before: a duplicate, never newest
+                self._dedup.duplicates += 1
+            else:
+                self._dedup.add_version(entry.customer_id, entry.version, self._lines + len(rows))
+                rows.append(entry.customer)
+        self._fp.write(b"".join(rows))
+        self._lines += len(rows)
 
     def close(self) -> None:
         self._fp.close()
@@ -181,7 +185,7 @@ class _CustomerSpill:
         with open(self._path, "rb") as spill:
             for number, line in enumerate(spill):
                 if number == target:
-                    writer.write_line(line)
+                    writer.write_lines([line])
                     target = next(wanted, None)
         writer.close()
         self._path.unlink()
@@ -223,6 +227,30 @@ def transform_exports(
     counts = result.counts
     customers = _CustomerSpill(out_dir / "customers.all.ndjson")
     fast = TypedDecoder(unit=unit, now=now) if typed else None
+
+    def add_entry(name: str, index: int, entry: Any) -> None:
+        """The exact path: validate and normalise one entry, write its rows and rejects."""
+        customer, subscription, rejects = normalise_entry(entry, index, unit=unit, now=now)
+        if customer is not None:
+            counts["customer"].read += 1
+            customers.add(customer)
+            result.unknown_fields |= unknown_fields(customer)
+            if fast is not None and "custom_fields" in customer:
+                fast.learn("customer", customer["custom_fields"])
+        if subscription is not None:
+            counts["subscription"].read += 1
+            counts["subscription"].loaded += 1
+            writers["subscriptions"].write_lines([ENCODE(subscription) + b"\n"])
+            result.unknown_fields |= unknown_fields(subscription)
+            if fast is not None and "custom_fields" in subscription:
+                fast.learn("subscription", subscription["custom_fields"])
+        for reject in rejects:
+            entity = counts[reject.entity]
+            entity.read += 1
+            entity.quarantined += 1
+            result.reasons[reject.reason_code] += 1
+            writers["rejects"].write(quarantine_row(reject, source=name, load_id=load_id, rejected_at=now))
+
     started = last_report = time.monotonic()
     entry_offset = 0  # record indexes continue across the pages of one export
     try:
@@ -235,43 +263,23 @@ def transform_exports(
                     allow_python_literals=allow_python_literals,
                     decode=fast.decode if fast is not None else None,
                 )
-                for index, entry in reader.entries():
-                    if type(entry) is TypedEntry:  # a row of a clean batch: checked and encoded already
-                        counts["customer"].read += 1
-                        customers.add_typed(entry)
-                        if entry.subscription is not None:
-                            counts["subscription"].read += 1
-                            counts["subscription"].loaded += 1
-                            writers["subscriptions"].write_line(entry.subscription)
+                for first, batch in reader.batches():
+                    if batch and type(batch[0]) is TypedEntry:  # a clean batch: rows checked and encoded
+                        rows = [entry.subscription for entry in batch if entry.subscription is not None]
+                        customers.add_typed(batch)
+                        counts["customer"].read += len(batch)
+                        counts["subscription"].read += len(rows)
+                        counts["subscription"].loaded += len(rows)
+                        writers["subscriptions"].write_lines(rows)
                     else:
-                        customer, subscription, rejects = normalise_entry(entry, index, unit=unit, now=now)
-                        if customer is not None:
-                            counts["customer"].read += 1
-                            customers.add(customer)
-                            result.unknown_fields |= unknown_fields(customer)
-                            if fast is not None and "custom_fields" in customer:
-                                fast.learn("customer", customer["custom_fields"])
-                        if subscription is not None:
-                            counts["subscription"].read += 1
-                            counts["subscription"].loaded += 1
-                            writers["subscriptions"].write_line(ENCODE(subscription) + b"\n")
-                            result.unknown_fields |= unknown_fields(subscription)
-                            if fast is not None and "custom_fields" in subscription:
-                                fast.learn("subscription", subscription["custom_fields"])
-                        for reject in rejects:
-                            entity = counts[reject.entity]
-                            entity.read += 1
-                            entity.quarantined += 1
-                            result.reasons[reject.reason_code] += 1
-                            writers["rejects"].write(
-                                quarantine_row(reject, source=name, load_id=load_id, rejected_at=now)
-                            )
+                        for i, entry in enumerate(batch):
+                            add_entry(name, first + i, entry)
                     if progress is not None and time.monotonic() - last_report >= progress_interval:
                         last_report = time.monotonic()
                         progress(
                             Progress(
                                 name,
-                                entry_offset + index + 1,
+                                entry_offset + reader.entries_read,
                                 result.bytes_read + reader.bytes_read,
                                 last_report - started,
                             )
