@@ -222,6 +222,19 @@ def report(runs: dict[str, list[dict[str, Any]]], size_bytes: int, *, gb: bool) 
     if "operator" not in stats:
         return
     print()
+    print("paired ratios (CPU, each round's variants ran back to back): min / median / max over the rounds")
+    for base in ("floor", "exact", "naive"):
+        pairs = [
+            b["cpu_seconds"] / o["cpu_seconds"]
+            for o, b in zip(runs["operator"], runs.get(base, []), strict=False)
+            if "error" not in o and "error" not in b
+        ]
+        if pairs:
+            print(
+                f"  operator vs {base:<6} {min(pairs):5.2f}x / {statistics.median(pairs):5.2f}x / "
+                f"{max(pairs):5.2f}x"
+            )
+    print()
     print("targets (issue 3):")
     vs_floor, vs_naive = ratio("operator", "floor"), ratio("operator", "naive")
     if vs_floor is not None:

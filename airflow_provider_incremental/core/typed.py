@@ -19,8 +19,9 @@ Strictness the typed decoding does not see by itself is checked cheaply:
   of the rows written, so the batch's count of ``":`` must equal the rows' (plus the entries' own keys and
   the cards', minus the ``custom_fields`` keys the rows add); a ``\\u0022`` or ``\\u003a`` escape in the
   batch (a quote or colon the count cannot see) sends it to the exact path;
-* integers outside INT64 in free JSON values (``meta_data``, custom fields, the card): accepted only when
-  ``orjson`` can write them with ``OPT_STRICT_INTEGER`` (53 bits; bigger ones take the exact path).
+* integers outside INT64 in free JSON values (``meta_data``, custom fields): accepted only when
+  ``orjson`` can write them with ``OPT_STRICT_INTEGER`` (53 bits; bigger ones take the exact path); the
+  card is decoded as a flat object of scalars with INT64 integers.
 
 Custom fields (``cf_*``) have no fixed names: the decoder learns them from the rows of the exact path
 (:meth:`TypedDecoder.learn`), so an export whose records carry custom fields takes the exact path for its
@@ -46,10 +47,12 @@ __all__ = ["ENCODE", "TypedDecoder", "TypedEntry"]
 
 
 _INT64 = Annotated[int, Meta(ge=cb._INT64_MIN, le=cb._INT64_MAX)]
+#: a card is flat (a card with nested values takes the exact path); it is never loaded, only checked
+_CARD = dict[str, str | bool | _INT64 | float | None]
 _ESCAPE = re.compile(rb"\\u00(?:22|3[aA])")  # an escaped quote or colon
 _PLAIN = (str, bool, type(None), float)
-_CACHED_EPOCHS = 1 << 16
-_SEEN_CUSTOMERS = 1 << 20  # ~100 MB at most; past that, repeated customers are decoded again
+_CACHED_EPOCHS = 1 << 15
+_SEEN_CUSTOMERS = 1 << 16  # ~16 MB; past that the window restarts (repeats are decoded again)
 _MAX_CUSTOM_FIELDS = 256  # learned names per entity; past that, records with new ones take the exact path
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _fromtimestamp = datetime.fromtimestamp
@@ -146,14 +149,6 @@ def _plain(value: Any) -> bool:
     return True
 
 
-def _card_keys(card: Any) -> int:
-    """Check the card as the reader would (big integers); return how many keys it has once written."""
-    try:
-        return orjson.dumps(card, option=orjson.OPT_STRICT_INTEGER).count(b'":')
-    except TypeError:  # beyond 53 bits, or nested too deep: let the exact path judge it
-        raise _Reject from None
-
-
 def _epoch_hook(low: int, high: int, micros: int) -> Callable[[type, Any], _Epoch]:
     """msgspec's ``dec_hook`` for epoch fields: an integer in ``[low, high]`` becomes an :class:`_Epoch`;
     anything else fails the batch (the exact path gives the reason)."""
@@ -220,7 +215,7 @@ class TypedDecoder:
             [
                 ("subscription", subscription | UnsetType, UNSET),
                 ("customer", msgspec.Raw | UnsetType, UNSET),  # decoded apart, once per distinct row
-                ("card", Any, UNSET),
+                ("card", _CARD | UnsetType, UNSET),
             ],
             forbid_unknown_fields=True,
             gc=False,
@@ -291,7 +286,7 @@ class TypedDecoder:
                     typed.subscription = ENCODE(subscription) + b"\n"
                     keys += typed.subscription.count(b'":')
                 if card is not UNSET:
-                    keys += 1 + _card_keys(card)
+                    keys += 1 + len(card)  # a duplicate key in the card is one key less
                 out.append(typed)
         except (_Reject, *_DECODE_ERRORS):
             return None

@@ -369,3 +369,31 @@ def test_python_literal_errors(
 )
 def test_parse_next_offset(raw: str | None, parsed: list[str] | None) -> None:
     assert parse_next_offset(raw) == parsed
+
+
+@pytest.mark.parametrize("chunk_size", [64, 4096, 1 << 20])
+def test_batches_hold_the_entries_in_order_with_their_first_index(chunk_size: int) -> None:
+    reader = ExportReader(io.BytesIO(SAMPLE), source="small.json", chunk_size=chunk_size)
+    batches = [(first, list(batch), reader.entries_read) for first, batch in reader.batches()]
+    assert [entry for _, batch, _ in batches for entry in batch] == json.loads(SAMPLE)["list"]
+    firsts = [first for first, _, _ in batches]
+    assert firsts == [sum(len(b) for _, b, _ in batches[:i]) for i in range(len(batches))]
+    assert [count for _, _, count in batches] == [first + len(b) for first, b, _ in batches]
+    assert (len(batches) > 1) == (chunk_size < len(SAMPLE))
+
+
+def test_a_fast_decoder_supplies_the_batches_it_takes() -> None:
+    seen: list[bytes] = []
+
+    def decode(data: bytes) -> list[Any] | None:
+        seen.append(data)
+        return [("decoded", i) for i in range(len(json.loads(data)))] if len(seen) % 2 else None
+
+    reader = ExportReader(io.BytesIO(SAMPLE), source="small.json", chunk_size=4096, decode=decode)
+    entries = [entry for _, entry in reader.entries()]
+    expected = json.loads(SAMPLE)["list"]
+    assert len(entries) == len(expected) == reader.entries_read
+    assert all(json.loads(data) for data in seen)  # whole entries, as a JSON array
+    assert {type(e) for e in entries} == {tuple, dict}  # taken batches, and the reader's own
+    for entry, original in zip(entries, expected, strict=True):
+        assert entry == original or entry[0] == "decoded"
