@@ -40,6 +40,7 @@ from airflow_provider_incremental.exceptions import SourceFormatError
 __all__ = ["DEFAULT_CHUNK_SIZE", "ExportReader", "parse_next_offset"]
 
 _DIGIT = re.compile(r"[0-9]")
+_MIN_BATCH = 1 << 15  # the smallest batch cut while the fast path declines batches
 DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MB: peak memory ~50 MB, as fast as larger blocks (benchmarks/run.py)
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -126,7 +127,9 @@ class ExportReader:
         largest entry, if bigger).
     :param decode: a fast path tried first on each batch of entries (``[`` + entries + ``]``, maybe cut in
         the wrong place): it returns the items to yield for the batch, having checked everything this reader
-        checks, or ``None`` to let the reader parse and check the batch itself.
+        checks, or ``None`` to let the reader parse and check the batch itself. After a batch it declined
+        (and the reader parsed), the next batches are cut smaller (down to 32 KB, then doubling back to
+        ``chunk_size``), so that a bad record sends few good ones down the slower path with it.
     :raises SourceFormatError: (from :meth:`entries`) the file is not a valid export.
     """
 
@@ -153,6 +156,7 @@ class ExportReader:
         self._origin = _tell(fp)
         self._chunk_size = chunk_size
         self._decode = decode
+        self._target = chunk_size  # the size of the next batch to cut (smaller while decode declines)
         self._literals = _PythonLiteralStream(fp, self._fail_at) if allow_python_literals else None
         self._buf = b""
         self._pos = 0  # the next byte to look at, in _buf
@@ -331,6 +335,8 @@ class ExportReader:
                     if self._misses == 3:  # the bytes between entries also occur inside them
                         self._sig = None
                     continue
+                if self._decode is not None:  # declined for what it holds: keep the next batches small,
+                    self._target = max(self._target // 8, _MIN_BATCH)  # so a bad record slows few others
                 break
             else:
                 cut = self._scan()
@@ -354,6 +360,7 @@ class ExportReader:
         batch = self._decode(data) if self._decode is not None else None
         if batch is not None:
             self._pos = cut
+            self._target = min(2 * self._target, self._chunk_size)
         return batch
 
     def _array(self, cut: int) -> bytes:
@@ -377,6 +384,11 @@ class ExportReader:
                     guesses.append(last + 1)
                     break
         if self._sig is not None:
+            limit = pos + self._target
+            if limit < len(buf):  # the fast path declined a batch lately: cut a smaller one first
+                found = buf.rfind(self._sig, pos, limit)
+                if found >= 0:
+                    guesses.insert(0, found + self._sig_close + 1)
             found = buf.rfind(self._sig, pos)
             if found >= 0:
                 guesses.append(found + self._sig_close + 1)

@@ -397,3 +397,30 @@ def test_a_fast_decoder_supplies_the_batches_it_takes() -> None:
     assert {type(e) for e in entries} == {tuple, dict}  # taken batches, and the reader's own
     for entry, original in zip(entries, expected, strict=True):
         assert entry == original or entry[0] == "decoded"
+
+
+def test_batches_shrink_after_the_fast_path_declines_one_and_grow_back(tmp_path: Path) -> None:
+    from airflow_provider_incremental.local.generate import write_export
+
+    path = tmp_path / "export.json"
+    write_export(path, entries=2000, seed=3, pretty=False)
+    data = path.read_bytes()
+    bad = data.index(b'"subscription"', len(data) // 3)  # an entry a third of the way in "fails"
+    sizes: list[tuple[int, bool]] = []
+    offset = [0]
+
+    def decode(batch: bytes) -> list[Any] | None:
+        start = data.index(batch[1:200], offset[0])
+        declined = start <= bad < start + len(batch)
+        sizes.append((len(batch), declined))
+        if declined:
+            return None
+        offset[0] = start + len(batch) - 2
+        return [None] * len(json.loads(batch))
+
+    reader = ExportReader(io.BytesIO(data), source="export.json", decode=decode)
+    assert sum(1 for _ in reader.entries()) == 2000
+    i = next(i for i, (_, declined) in enumerate(sizes) if declined)
+    assert sizes[1][0] > 500_000  # full 1 MB batches at first (the first batch is one entry)
+    assert 30_000 < sizes[i + 1][0] <= sizes[i][0] // 8 + 4096  # then a small one after the decline
+    assert sizes[i + 2][0] > sizes[i + 1][0]  # and growing again
