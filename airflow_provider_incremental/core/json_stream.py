@@ -385,7 +385,7 @@ class ExportReader:
                     break
         if self._sig is not None:
             limit = pos + self._target
-            if limit < len(buf):  # the fast path declined a batch lately: cut a smaller one first
+            if self._target < self._chunk_size and limit < len(buf):  # declined lately: a smaller one first
                 found = buf.rfind(self._sig, pos, limit)
                 if found >= 0:
                     guesses.insert(0, found + self._sig_close + 1)
