@@ -10,6 +10,7 @@ so and are checked before anything is returned.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import time
 from collections import Counter
@@ -253,6 +254,11 @@ def transform_exports(
 
     started = last_report = time.monotonic()
     entry_offset = 0  # record indexes continue across the pages of one export
+    # The cyclic GC is paused while reading: the batches are millions of short-lived objects without cycles
+    # (records, rows), which it would otherwise scan again and again for nothing (~5% of the transform).
+    # Reference counting frees them as before; the previous state is restored, on errors too.
+    gc_enabled = gc.isenabled()
+    gc.disable()
     try:
         for name, opener in sources:
             result.sources.append(name)
@@ -294,6 +300,8 @@ def transform_exports(
         customers.close()
         raise
     finally:
+        if gc_enabled:
+            gc.enable()
         for writer in writers.values():
             writer.close()
     counts["customer"].loaded = customers.write_newest(result.files["customers"], digest)

@@ -7,6 +7,7 @@ computed from the input (epochs converted with ``datetime.fromtimestamp``, count
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import itertools
 import json
@@ -520,3 +521,28 @@ def test_a_bad_page_fails_the_whole_batch_with_file_and_position(
     assert info.value.byte_offset is not None
     assert phrase in str(info.value)
     assert str(info.value).startswith("bad.json:")
+
+
+# -- the cyclic GC, paused while reading ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+@pytest.mark.parametrize("data", [SAMPLE_BYTES, SAMPLE_BYTES[:-40]], ids=["ok", "truncated"])
+def test_the_gc_state_is_restored_after_a_transform(tmp_path: Path, enabled: bool, data: bytes) -> None:
+    seen: list[bool] = []
+
+    def opener() -> BinaryIO:
+        seen.append(gc.isenabled())
+        return io.BytesIO(data)
+
+    before = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        try:
+            transform(tmp_path, [("page.json", opener)])
+        except SourceFormatError:
+            assert data != SAMPLE_BYTES
+        assert gc.isenabled() is enabled
+        assert seen == [False]  # paused while the file is read
+    finally:
+        (gc.enable if before else gc.disable)()
