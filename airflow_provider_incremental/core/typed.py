@@ -9,9 +9,13 @@ reader's strict rules; for anything else (a record to quarantine, a null, an unk
 another unit, a duplicate key...) it returns ``None`` and the batch takes the exact path, which gives the
 reasons. Both paths encode rows with :data:`ENCODE`, so a row has the same bytes whichever path it took.
 
-Epoch fields decode through msgspec's ``dec_hook`` (range check, then a cached datetime); a customer
-repeated byte for byte in later entries (a customer is repeated in each entry of its subscriptions) is
-recognised by a hash of its bytes and counted as a duplicate without being decoded again.
+Epochs in seconds (units ``s`` and ``auto``) are made datetimes in C by msgspec's lax mode; lax mode would
+also take strings for numbers, 0/1 for booleans and any number for an epoch, so a strict decoding of the
+same bytes into a *view* (the fields that are not strings, epochs as range-checked integers, and the card;
+strings are skipped, not built) refuses those first. Other units go through a ``dec_hook`` (range check,
+then a cached value). A customer repeated byte for byte in later entries (a customer is repeated in each
+entry of its subscriptions) is recognised by a hash of its bytes and counted as a duplicate without being
+decoded again.
 
 Strictness the typed decoding does not see by itself is checked cheaply:
 
@@ -112,9 +116,14 @@ class _Plan:
         self.custom = custom
 
 
-def _struct(name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[str, ...] = ()) -> type:
-    """A Struct type for ``spec`` (every field optional, unknown fields rejected), and its plan."""
-    types = {cb._STRING: str, cb._INT: _INT64, cb._EPOCH_S: _Epoch, cb._BOOL: bool, cb._FLOAT: float}
+def _struct(
+    name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[str, ...] = (), *, epoch: Any
+) -> type:
+    """A Struct type for ``spec`` (every field optional, unknown fields rejected), and its plan.
+
+    :param epoch: the type of the epoch fields: ``datetime`` (lax decoding) or :class:`_Epoch` (a hook).
+    """
+    types = {cb._STRING: str, cb._INT: _INT64, cb._EPOCH_S: epoch, cb._BOOL: bool, cb._FLOAT: float}
     fields: list[tuple[str, Any, Any]] = []
     for key, (kind, arg) in spec.items():
         if kind == cb._STRING and arg is not None:
@@ -122,7 +131,7 @@ def _struct(name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[s
         elif kind == cb._JSON:
             tp = Any
         elif kind in (cb._RECORD, cb._REPEATED):
-            tp = _struct(f"{name}_{key}", arg, plans)
+            tp = _struct(f"{name}_{key}", arg, plans, epoch=epoch)
             if kind == cb._REPEATED:
                 tp = list[tp]
         else:
@@ -136,6 +145,29 @@ def _struct(name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[s
     struct = msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
     plans[struct] = _Plan(spec, custom)
     return struct
+
+
+def _strict_view(name: str, spec: cb._Spec, epoch: Any) -> type | None:
+    """The strict view of ``spec`` that checks what a lax decoding lets through: a Struct of the fields
+    that are not strings (integers, numbers, booleans, epochs as ``epoch``: range-checked integers) and of
+    the records holding such fields. Strings, free JSON and unknown keys are skipped, never built (a lax
+    decoding is strict for them). ``None`` when ``spec`` has no such field.
+    """
+    types = {cb._INT: _INT64, cb._EPOCH_S: epoch, cb._BOOL: bool, cb._FLOAT: float}
+    fields: list[tuple[str, Any, Any]] = []
+    for key, (kind, arg) in spec.items():
+        if kind in (cb._RECORD, cb._REPEATED):
+            tp = _strict_view(f"{name}_{key}", arg, epoch)
+            if tp is None:
+                continue
+            if kind == cb._REPEATED:
+                tp = list[tp]  # type: ignore[valid-type]
+        elif kind in types:
+            tp = types[kind]
+        else:
+            continue
+        fields.append((key, tp | UnsetType, UNSET))
+    return msgspec.defstruct(f"{name}View", fields, gc=False) if fields else None
 
 
 def _plain(value: Any) -> bool:
@@ -184,7 +216,15 @@ class TypedDecoder:
 
     def __init__(self, *, unit: str, now: datetime) -> None:
         ctx = cb._context(unit, now)
+        #: epochs in seconds (``s``, ``auto``): msgspec's lax mode makes the datetimes in C, and a strict
+        #: decoding of the same bytes into :func:`_strict_view` Structs refuses what lax mode would let
+        #: through (strings for numbers, 0/1 for booleans, fractions and the range of epochs). Other
+        #: units: strict decoding, epochs through a ``dec_hook``.
+        self._lax = ctx.micros == 1_000_000
         self._epoch = _epoch_hook(ctx.low, ctx.high, ctx.micros)
+        self._range = Annotated[int, Meta(ge=ctx.low, le=ctx.high)]
+        self._view: msgspec.json.Decoder[Any] | None = None
+        self._customer_view: msgspec.json.Decoder[Any] | None = None
         self._custom: dict[str, dict[str, None]] = {"customer": {}, "subscription": {}}
         self._decoder: msgspec.json.Decoder[Any] | None = None
         self._customer: msgspec.json.Decoder[Any] | None = None
@@ -209,23 +249,36 @@ class TypedDecoder:
 
     def _build(self) -> msgspec.json.Decoder[Any]:
         plans: dict[type, _Plan] = {}
-        customer = _struct("Customer", cb._CUSTOMER_SPEC, plans, tuple(self._custom["customer"]))
+        lax = self._lax
+        epoch = datetime if lax else _Epoch
+        customer = _struct("Customer", cb._CUSTOMER_SPEC, plans, tuple(self._custom["customer"]), epoch=epoch)
         subscription = _struct(
-            "Subscription", cb._SUBSCRIPTION_SPEC, plans, tuple(self._custom["subscription"])
+            "Subscription", cb._SUBSCRIPTION_SPEC, plans, tuple(self._custom["subscription"]), epoch=epoch
         )
+        card: Any = msgspec.Raw if lax else _CARD  # lax: the strict view checks (and counts) the card
         entry = msgspec.defstruct(
             "Entry",
             [
                 ("subscription", subscription | UnsetType, UNSET),
                 ("customer", msgspec.Raw | UnsetType, UNSET),  # decoded apart, once per distinct row
-                ("card", _CARD | UnsetType, UNSET),
+                ("card", card | UnsetType, UNSET),
             ],
             forbid_unknown_fields=True,
             gc=False,
         )
         self._plans = plans
-        self._customer = msgspec.json.Decoder(customer, dec_hook=self._epoch)
-        self._decoder = msgspec.json.Decoder(list[entry], dec_hook=self._epoch)  # type: ignore[valid-type]
+        hook = None if lax else self._epoch
+        self._customer = msgspec.json.Decoder(customer, dec_hook=hook, strict=not lax)
+        self._decoder = msgspec.json.Decoder(list[entry], dec_hook=hook, strict=not lax)  # type: ignore[valid-type]
+        if lax:
+            view = _strict_view("Subscription", cb._SUBSCRIPTION_SPEC, self._range)
+            entry_view = msgspec.defstruct(
+                "EntryView", [("subscription", view | UnsetType, UNSET), ("card", _CARD | UnsetType, UNSET)]
+            )
+            self._view = msgspec.json.Decoder(list[entry_view])  # type: ignore[valid-type]
+            self._customer_view = msgspec.json.Decoder(
+                _strict_view("Customer", cb._CUSTOMER_SPEC, self._range)
+            )
         return self._decoder
 
     def decode(self, data: bytes) -> list[TypedEntry] | None:
@@ -251,12 +304,14 @@ class TypedDecoder:
         decoder = self._decoder or self._build()
         try:
             entries = decoder.decode(data)
+            views = entries if self._view is None else self._view.decode(data)
             keys = 0  # the keys the rows account for, to compare with the batch's
             out = []
             seen = self._seen
+            lax = self._lax
             new: dict[int, tuple[str, int]] = {}
-            for entry in entries:
-                raw, subscription, card = entry.customer, entry.subscription, entry.card
+            for entry, view in zip(entries, views, strict=True):
+                raw, subscription, card = entry.customer, entry.subscription, view.card
                 if raw is UNSET:
                     return None  # the exact path quarantines it
                 digest = hash(bytes(raw))
@@ -265,6 +320,8 @@ class TypedDecoder:
                     cid, customer_keys = known
                     typed = TypedEntry(cid, None, None, None)
                 else:
+                    if self._customer_view is not None:
+                        self._customer_view.decode(raw)
                     customer = self._customer.decode(raw)  # type: ignore[union-attr]
                     cid = customer.id
                     if cid is UNSET or not cid or cid.isspace():
@@ -275,7 +332,7 @@ class TypedDecoder:
                     new[digest] = (cid, customer_keys)
                     changed = customer.updated_at or customer.created_at
                     version = (
-                        changed.datetime if changed else cb._OLDEST,
+                        (changed if lax else changed.datetime) if changed else cb._OLDEST,
                         customer.resource_version or -1,
                         cb.row_hash(row),
                     )

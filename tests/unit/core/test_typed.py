@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_incremental.core.epoch import epoch_bounds
 from airflow_provider_incremental.core.transform import TransformResult, transform_exports
 from airflow_provider_incremental.core.typed import TypedDecoder, TypedEntry
 from airflow_provider_incremental.exceptions import SourceFormatError
@@ -147,6 +148,24 @@ DECLINED = {
     "unknown entry key": [{**entry(), "invoice": {}}],
     "big int in json": [entry(customer__meta_data={"n": 1 << 60})],
     "card in a record": [entry(customer__card={"last4": "0005"})],
+    # what msgspec's lax mode (epochs in seconds become datetimes in C) would take: the strict view refuses
+    "string for an integer": [entry(subscription__mrr="100")],
+    "string for a customer integer": [entry(customer__net_term_days="0")],
+    "string for a boolean": [entry(subscription__deleted="false")],
+    "1 for a boolean": [entry(customer__deleted=1)],
+    "0 for a nested boolean": [
+        entry(subscription__subscription_items=[{"item_price_id": "p", "charge_once": 0}])
+    ],
+    "string for a number": [entry(subscription__exchange_rate="1.5")],
+    "nan string for a number": [entry(subscription__exchange_rate="nan")],
+    "numeric string for an epoch": [entry(subscription__created_at="1700000000")],
+    "rfc 3339 string for an epoch": [entry(customer__updated_at="2024-01-01T00:00:00Z")],
+    "epoch with a fraction": [entry(subscription__updated_at=1_700_000_000.5)],
+    "nested numeric string epoch": [
+        entry(subscription__contract_term={"id": "t", "contract_start": "1700000000"})
+    ],
+    "customer epoch out of range": [entry(customer__created_at=10)],
+    "epoch just past the range": [entry(subscription__next_billing_at=2_082_758_401)],
 }
 
 
@@ -163,6 +182,41 @@ def test_a_clean_batch_is_decoded() -> None:
 @pytest.mark.parametrize("name", DECLINED)
 def test_batches_the_exact_path_must_judge_are_declined(name: str) -> None:
     assert learned().decode(json.dumps(DECLINED[name]).encode()) is None
+
+
+@pytest.mark.parametrize("name", DECLINED)
+def test_declined_batches_give_the_exact_paths_outcome(tmp_path: Path, name: str) -> None:
+    def plain(e: Any) -> Any:  # without custom fields, so that the fast path tries the first batch
+        if not isinstance(e, dict):
+            return e
+        return {k: plain(v) for k, v in e.items() if not k.startswith("cf_")}
+
+    data = json.dumps({"list": [plain(e) for e in (entry(), *DECLINED[name], entry())]}).encode()
+    assert_same(tmp_path, data)
+
+
+@pytest.mark.parametrize("unit", ["s", "auto"])
+def test_epochs_at_the_edges_of_the_range_take_the_fast_path(unit: str) -> None:
+    low, high = epoch_bounds("s", NOW)
+    decoder = TypedDecoder(unit=unit, now=NOW)
+    for e in SAMPLE["list"]:
+        for entity in ("customer", "subscription"):
+            decoder.learn(entity, [k for k in e.get(entity, {}) if k.startswith("cf_")])
+    fields = ("created_at", "updated_at", "started_at", "activated_at", "current_term_start",
+              "current_term_end", "next_billing_at")  # fmt: skip
+    base = entry()
+    for key in fields:  # every epoch of the record in the unit, so that the fast path may take it
+        if key in base["subscription"]:
+            base["subscription"][key] = high
+        if key in base["customer"]:
+            base["customer"][key] = low
+    decoded = decoder.decode(json.dumps([base]).encode())
+    assert decoded is not None
+    customer = json.loads(decoded[0].customer or b"")
+    subscription = json.loads(decoded[0].subscription or b"")
+    assert customer["created_at"] == "2000-01-01T00:00:00Z"
+    expected = datetime.fromtimestamp(high, UTC).isoformat().replace("+00:00", "Z")
+    assert subscription["updated_at"] == expected
 
 
 @pytest.mark.parametrize(
