@@ -41,7 +41,7 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "ExportReader", "parse_next_offset"]
 
 _DIGIT = re.compile(r"[0-9]")
 _MIN_BATCH = 1 << 15  # the smallest batch cut while the fast path declines batches
-DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MB: peak memory ~50 MB, as fast as larger blocks (benchmarks/run.py)
+DEFAULT_CHUNK_SIZE = 1 << 16  # 64 KiB: a batch and its records stay in the CPU cache (docs/performance.md)
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
@@ -123,8 +123,8 @@ class ExportReader:
     :param source: the file name used in error messages.
     :param allow_python_literals: repair Python-literal input (``'...'``, ``True``/``False``/``None``,
         trailing commas) instead of rejecting it.
-    :param chunk_size: how many bytes to read at a time; memory use is a small multiple of it (or of the
-        largest entry, if bigger).
+    :param chunk_size: how many bytes to read at a time, and so the size of a batch of entries; memory use
+        is a small multiple of it (or of the largest entry, if bigger).
     :param decode: a fast path tried first on each batch of entries (``[`` + entries + ``]``, maybe cut in
         the wrong place): it returns the items to yield for the batch, having checked everything this reader
         checks, or ``None`` to let the reader parse and check the batch itself. After a batch it declined

@@ -418,7 +418,7 @@ def test_batches_shrink_after_the_fast_path_declines_one_and_grow_back(tmp_path:
         offset[0] = start + len(batch) - 2
         return [None] * len(json.loads(batch))
 
-    reader = ExportReader(io.BytesIO(data), source="export.json", decode=decode)
+    reader = ExportReader(io.BytesIO(data), source="export.json", decode=decode, chunk_size=1 << 20)
     assert sum(1 for _ in reader.entries()) == 2000
     i = next(i for i, (_, declined) in enumerate(sizes) if declined)
     assert sizes[1][0] > 500_000  # full 1 MB batches at first (the first batch is one entry)
