@@ -126,7 +126,8 @@ class ExportReader:
     :param chunk_size: how many bytes to read at a time, and so the size of a batch of entries; memory use
         is a small multiple of it (or of the largest entry, if bigger).
     :param decode: a fast path tried first on each batch of entries (``[`` + entries + ``]``, maybe cut in
-        the wrong place): it returns the items to yield for the batch, having checked everything this reader
+        the wrong place): it returns what to yield for the batch (the entries, or any object whose ``len``
+        is their number: :meth:`batches` yields it as it is), having checked everything this reader
         checks, or ``None`` to let the reader parse and check the batch itself. After a batch it declined
         (and the reader parsed), the next batches are cut smaller (down to 32 KB, then doubling back to
         ``chunk_size``), so that a bad record sends few good ones down the slower path with it.
@@ -140,7 +141,7 @@ class ExportReader:
         source: str,
         allow_python_literals: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        decode: Callable[[bytes], list[Any] | None] | None = None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
@@ -182,8 +183,9 @@ class ExportReader:
                 self.entries_read = first + i + 1
                 yield first + i, entry
 
-    def batches(self) -> Iterator[tuple[int, list[Any]]]:
-        """Like :meth:`entries`, a batch at a time: yield ``(index of the first entry, entries)``.
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """Like :meth:`entries`, a batch at a time: yield ``(index of the first entry, entries)``; ``entries``
+        is a list, or what the ``decode`` fast path returned for the batch.
 
         :raises SourceFormatError: the file is not a valid export; the message gives the position.
         """
@@ -191,7 +193,7 @@ class ExportReader:
             self.entries_read = first + len(batch)
             yield first, batch
 
-    def _batches(self) -> Iterator[tuple[int, list[Any]]]:
+    def _batches(self) -> Iterator[tuple[int, Any]]:
         """Yield the batches; the caller counts them into :attr:`entries_read` before asking for the next."""
         if self._started:
             raise RuntimeError("ExportReader.entries() can be iterated only once")
@@ -320,7 +322,7 @@ class ExportReader:
 
     # -- the entries --------------------------------------------------------------------------------------
 
-    def _next_batch(self) -> list[Any]:
+    def _next_batch(self) -> Any:
         """Parse the run of entries that starts at pos and ends in the buffer; leave pos after it."""
         while True:
             self._fill(self._chunk_size)
@@ -355,7 +357,7 @@ class ExportReader:
             self._pos = cut
             return list(batch)
 
-    def _fast(self, data: bytes, cut: int) -> list[Any] | None:
+    def _fast(self, data: bytes, cut: int) -> Any:
         """The batch ``data`` (ending at ``cut``) as decoded by the ``decode`` fast path, if it takes it."""
         batch = self._decode(data) if self._decode is not None else None
         if batch is not None:

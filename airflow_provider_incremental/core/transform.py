@@ -29,7 +29,7 @@ from airflow_provider_incremental.core.chargebee import (
     unknown_fields,
 )
 from airflow_provider_incremental.core.json_stream import ExportReader, parse_next_offset
-from airflow_provider_incremental.core.typed import ENCODE, TypedDecoder, TypedEntry
+from airflow_provider_incremental.core.typed import ENCODE, TypedBatch, TypedDecoder
 
 ENTITIES = ("customer", "subscription", "entry")
 _DUMP = orjson.OPT_APPEND_NEWLINE
@@ -123,9 +123,13 @@ class _Writer:
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Write rows already encoded, each ending with a newline."""
-        self._buffer += lines
-        self._size += sum(map(len, lines))
-        self.rows += len(lines)
+        self.write_block(b"".join(lines), len(lines))  # one row: the bytes themselves, not a copy
+
+    def write_block(self, data: bytes, rows: int) -> None:
+        """Write ``rows`` rows already encoded, each ending with a newline, as one block."""
+        self._buffer.append(data)
+        self._size += len(data)
+        self.rows += rows
         if self._size > 1 << 20:
             self.flush()
 
@@ -163,16 +167,13 @@ class _CustomerSpill:
         self._fp.write(data)
         self._lines += 1
 
-    def add_typed(self, entries: list[TypedEntry]) -> None:
-        rows: list[bytes] = []
-        for entry in entries:
-            if entry.customer is None:  # the same bytes as a row added before: a duplicate, never newest
-                self._dedup.duplicates += 1
-            else:
-                self._dedup.add_version(entry.customer_id, entry.version, self._lines + len(rows))
-                rows.append(entry.customer)
-        self._fp.write(b"".join(rows))
-        self._lines += len(rows)
+    def add_typed(self, batch: TypedBatch) -> None:
+        """Add the customers of a batch of the fast path (rows encoded, versions computed)."""
+        self._dedup.duplicates += batch.duplicates  # the same bytes as a row added before: never newest
+        for number, (record_id, version, _) in enumerate(batch.customers, self._lines):
+            self._dedup.add_version(record_id, version, number)
+        self._fp.write(b"".join([row for _, _, row in batch.customers]))
+        self._lines += len(batch.customers)
 
     def close(self) -> None:
         self._fp.close()
@@ -270,13 +271,12 @@ def transform_exports(
                     decode=fast.decode if fast is not None else None,
                 )
                 for first, batch in reader.batches():
-                    if batch and type(batch[0]) is TypedEntry:  # a clean batch: rows checked and encoded
-                        rows = [entry.subscription for entry in batch if entry.subscription is not None]
+                    if type(batch) is TypedBatch:  # a clean batch: rows checked and encoded
                         customers.add_typed(batch)
-                        counts["customer"].read += len(batch)
-                        counts["subscription"].read += len(rows)
-                        counts["subscription"].loaded += len(rows)
-                        writers["subscriptions"].write_lines(rows)
+                        counts["customer"].read += batch.entries
+                        counts["subscription"].read += batch.subscription_rows
+                        counts["subscription"].loaded += batch.subscription_rows
+                        writers["subscriptions"].write_block(batch.subscriptions, batch.subscription_rows)
                     else:
                         for i, entry in enumerate(batch):
                             add_entry(name, first + i, entry)

@@ -2,27 +2,27 @@
 
 :class:`TypedDecoder` decodes a batch of export entries (``[`` entry, entry, ... ``]``, as cut by the
 streaming reader) with ``msgspec`` into Structs built from the record specs of :mod:`.chargebee`: types,
-string lengths, INT64 and epoch ranges are checked in C while parsing, no dict is built, and the rows are
-written by msgspec's encoder. It accepts a batch only when its rows are exactly the rows the exact path
-(:func:`.chargebee.normalise_entry` on the reader's entries) would give, and the batch is valid for the
-reader's strict rules; for anything else (a record to quarantine, a null, an unknown field, an epoch in
-another unit, a duplicate key...) it returns ``None`` and the batch takes the exact path, which gives the
-reasons. Both paths encode rows with :data:`ENCODE`, so a row has the same bytes whichever path it took.
+string lengths, INT64 and epoch ranges are checked in C while parsing (strict mode: no coercion), no dict is
+built, and the rows are written by msgspec's encoder. It accepts a batch only when its rows are exactly the
+rows the exact path (:func:`.chargebee.normalise_entry` on the reader's entries) would give, and the batch
+is valid for the reader's strict rules; for anything else (a record to quarantine, a null, an unknown field,
+an epoch in another unit, a duplicate key...) it returns ``None`` and the batch takes the exact path, which
+gives the reasons. Both paths encode rows with :data:`ENCODE`, so a row has the same bytes whichever path it
+took.
 
-Epochs in seconds (units ``s`` and ``auto``) are made datetimes in C by msgspec's lax mode; lax mode would
-also take strings for numbers, 0/1 for booleans and any number for an epoch, so a strict decoding of the
-same bytes into a *view* (the fields that are not strings, epochs as range-checked integers, and the card;
-strings are skipped, not built) refuses those first. Other units go through a ``dec_hook`` (range check,
-then a cached value). A customer repeated byte for byte in later entries (a customer is repeated in each
-entry of its subscriptions) is recognised by a hash of its bytes and counted as a duplicate without being
-decoded again.
+Epoch fields are decoded as integers in the unit's range; then the epochs of the whole batch (every record,
+every nesting level) are gathered by field with ``attrgetter`` and made datetimes in one ``msgspec.convert``
+call (seconds) or one ``timedelta`` chain (other units), and set back with ``setattr``: C loops, no Python
+frame per value. A customer repeated byte for byte in later entries (a customer is repeated in each entry of
+its subscriptions) is recognised by a hash of its bytes and counted as a duplicate without being decoded
+again.
 
 Strictness the typed decoding does not see by itself is checked cheaply:
 
 * duplicate keys (msgspec keeps the last value): each key of the input is one ``":`` and so is each key
-  of the rows written, so the batch's count of ``":`` must equal the rows' (plus the entries' own keys and
-  the cards', minus the ``custom_fields`` keys the rows add); a ``\\u0022`` or ``\\u003a`` escape in the
-  batch (a quote or colon the count cannot see) sends it to the exact path;
+  of the rows written, so the batch's count of ``":`` must equal the rows' (plus the entries' own keys, the
+  cards' and the repeated customers', minus the ``custom_fields`` keys the rows add); a ``\\u0022`` or
+  ``\\u003a`` escape in the batch (a quote or colon the count cannot see) sends it to the exact path;
 * integers outside INT64 in free JSON values (``meta_data``, custom fields): accepted only when
   ``orjson`` can write them with ``OPT_STRICT_INTEGER`` (53 bits; bigger ones take the exact path); the
   card is decoded as a flat object of scalars with INT64 integers.
@@ -35,9 +35,11 @@ first batch only.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from operator import attrgetter
+from itertools import chain, compress, repeat
+from operator import add, attrgetter, is_not, mul
 from typing import Annotated, Any
 
 import msgspec
@@ -47,7 +49,7 @@ from msgspec import UNSET, Meta, UnsetType
 from airflow_provider_incremental.core import chargebee as cb
 from airflow_provider_incremental.core.epoch import UTC
 
-__all__ = ["ENCODE", "TypedDecoder", "TypedEntry"]
+__all__ = ["ENCODE", "TypedBatch", "TypedDecoder"]
 
 
 _INT64 = Annotated[int, Meta(ge=cb._INT64_MIN, le=cb._INT64_MAX)]
@@ -55,55 +57,52 @@ _INT64 = Annotated[int, Meta(ge=cb._INT64_MIN, le=cb._INT64_MAX)]
 _CARD = dict[str, str | bool | _INT64 | float | None]
 _ESCAPE = re.compile(rb"\\u00(?:22|3[aA])")  # an escaped quote or colon
 _PLAIN = (str, bool, type(None), float)
-_CACHED_EPOCHS = 1 << 15
 _SEEN_CUSTOMERS = 1 << 16  # ~16 MB; past that the window restarts (repeats are decoded again)
 _MAX_CUSTOM_FIELDS = 256  # learned names per entity; past that, records with new ones take the exact path
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-_fromtimestamp = datetime.fromtimestamp
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATETIMES = list[datetime]
+_consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend  # run an iterator to its end in C
 
 
-class TypedEntry:
-    """One entry decoded by the fast path: its customer row and subscription row, already encoded.
+class TypedBatch:
+    """A batch decoded by the fast path: its rows, already encoded, and its counts.
 
-    :param customer_id: the customer's id.
-    :param version: the customer's :func:`.chargebee.version_key`.
-    :param customer: the customer row, canonical JSON (keys sorted) and a newline; ``None`` when the entry
-        repeats, byte for byte, a customer already given (a duplicate: it can never be the newest row).
-    :param subscription: the subscription row and a newline, or ``None`` (a list-customers entry).
+    :param entries: how many entries the batch holds (its ``len``).
+    :param subscriptions: the subscription rows, one per line (NDJSON).
+    :param subscription_rows: how many rows ``subscriptions`` holds.
+    :param customers: ``(id, version, row)`` for each customer not seen before (``version`` is its
+        :func:`.chargebee.version_key`, ``row`` canonical JSON with sorted keys and a newline).
+    :param duplicates: the entries whose customer repeats, byte for byte, a customer already given (a
+        duplicate: it can never be the newest row).
     """
 
-    __slots__ = ("customer", "customer_id", "subscription", "version")
+    __slots__ = ("customers", "duplicates", "entries", "subscription_rows", "subscriptions")
 
     def __init__(
-        self, customer_id: str, version: Any, customer: bytes | None, subscription: bytes | None
+        self,
+        entries: int,
+        subscriptions: bytes,
+        subscription_rows: int,
+        customers: list[tuple[str, tuple[datetime, int, bytes], bytes]],
+        duplicates: int,
     ) -> None:
-        self.customer_id = customer_id
-        self.version = version
-        self.customer = customer
-        self.subscription = subscription
+        self.entries = entries
+        self.subscriptions = subscriptions
+        self.subscription_rows = subscription_rows
+        self.customers = customers
+        self.duplicates = duplicates
 
-
-class _Epoch:
-    """An epoch field's value as decoded: its datetime, written by the encoder (``enc_hook``) as RFC 3339.
-
-    msgspec calls the decoder's ``dec_hook`` for this type with the JSON value, and the result must be an
-    instance of it (a datetime subclass would not be encodable); instances are cached per epoch value.
-    """
-
-    __slots__ = ("datetime",)
-
-    def __init__(self, value: datetime) -> None:
-        self.datetime = value
-
-
-_ENCODE_EPOCH = attrgetter("datetime")  # a C callable: no Python frame per timestamp written
+    def __len__(self) -> int:
+        return self.entries
 
 
 #: the row encoder of both paths: canonical JSON (keys sorted, datetimes as RFC 3339 ``...Z``), so a row has
 #: the same bytes whichever path and batch it came through (the customer dedup hashes them); Struct fields
 #: are declared sorted
-ENCODE = msgspec.json.Encoder(order="deterministic", enc_hook=_ENCODE_EPOCH).encode
+_ENCODER = msgspec.json.Encoder(order="deterministic")
+ENCODE = _ENCODER.encode
+_ENCODE_LINES = _ENCODER.encode_lines
 
 
 class _Plan:
@@ -116,12 +115,50 @@ class _Plan:
         self.custom = custom
 
 
+#: where the epochs of a record are: its epoch fields, and the records (``repeated``: lists of records)
+#: under it that hold epochs, each with its own plan
+_EpochPlan = tuple[tuple[str, ...], tuple[tuple[str, bool, "_EpochPlan"], ...]]
+
+
+def _epoch_plan(spec: cb._Spec) -> _EpochPlan | None:
+    """The :data:`_EpochPlan` of ``spec``; ``None`` when it holds no epoch at any level."""
+    epochs = tuple(key for key, (kind, _) in spec.items() if kind == cb._EPOCH_S)
+    nested = []
+    for key, (kind, arg) in spec.items():
+        if kind in (cb._RECORD, cb._REPEATED) and (plan := _epoch_plan(arg)) is not None:
+            nested.append((key, kind == cb._REPEATED, plan))
+    return (epochs, tuple(nested)) if epochs or nested else None
+
+
+def _gather(records: list[Any], plan: _EpochPlan, found: tuple[list[Any], list[str], list[int]]) -> None:
+    """Add the epochs set in ``records`` (Structs of one type) to ``found``: (record, field, value) lists."""
+    owners, names, values = found
+    epochs, nested = plan
+    for name in epochs:
+        column = list(map(attrgetter(name), records))
+        unset = column.count(UNSET)
+        if unset == len(column):
+            continue
+        if unset:
+            mask = list(map(is_not, column, repeat(UNSET)))
+            owners += compress(records, mask)
+            values += compress(column, mask)
+        else:
+            owners += records
+            values += column
+        names += repeat(name, len(column) - unset)
+    for name, many, inner in nested:
+        children = [child for child in map(attrgetter(name), records) if child is not UNSET]
+        if children:
+            _gather(list(chain.from_iterable(children)) if many else children, inner, found)
+
+
 def _struct(
     name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[str, ...] = (), *, epoch: Any
 ) -> type:
     """A Struct type for ``spec`` (every field optional, unknown fields rejected), and its plan.
 
-    :param epoch: the type of the epoch fields: ``datetime`` (lax decoding) or :class:`_Epoch` (a hook).
+    :param epoch: the type of the epoch fields (integers in the unit's range).
     """
     types = {cb._STRING: str, cb._INT: _INT64, cb._EPOCH_S: epoch, cb._BOOL: bool, cb._FLOAT: float}
     fields: list[tuple[str, Any, Any]] = []
@@ -147,29 +184,6 @@ def _struct(
     return struct
 
 
-def _strict_view(name: str, spec: cb._Spec, epoch: Any) -> type | None:
-    """The strict view of ``spec`` that checks what a lax decoding lets through: a Struct of the fields
-    that are not strings (integers, numbers, booleans, epochs as ``epoch``: range-checked integers) and of
-    the records holding such fields. Strings, free JSON and unknown keys are skipped, never built (a lax
-    decoding is strict for them). ``None`` when ``spec`` has no such field.
-    """
-    types = {cb._INT: _INT64, cb._EPOCH_S: epoch, cb._BOOL: bool, cb._FLOAT: float}
-    fields: list[tuple[str, Any, Any]] = []
-    for key, (kind, arg) in spec.items():
-        if kind in (cb._RECORD, cb._REPEATED):
-            tp = _strict_view(f"{name}_{key}", arg, epoch)
-            if tp is None:
-                continue
-            if kind == cb._REPEATED:
-                tp = list[tp]  # type: ignore[valid-type]
-        elif kind in types:
-            tp = types[kind]
-        else:
-            continue
-        fields.append((key, tp | UnsetType, UNSET))
-    return msgspec.defstruct(f"{name}View", fields, gc=False) if fields else None
-
-
 def _plain(value: Any) -> bool:
     """Whether a free JSON value is one the reader accepts as it is (no integer outside INT64)."""
     if type(value) in _PLAIN:
@@ -181,29 +195,12 @@ def _plain(value: Any) -> bool:
     return True
 
 
-def _epoch_hook(low: int, high: int, micros: int) -> Callable[[type, Any], _Epoch]:
-    """msgspec's ``dec_hook`` for epoch fields: an integer in ``[low, high]`` becomes an :class:`_Epoch`;
-    anything else fails the batch (the exact path gives the reason)."""
-    cache: dict[int, _Epoch] = {}  # epochs repeat (a customer in each of its entries, terms in items)
-
-    def hook(kind: type, value: Any) -> _Epoch:
-        epoch = cache.get(value) if type(value) is int else None
-        if epoch is None:
-            if type(value) is not int or not low <= value <= high:
-                raise ValueError("not an epoch in range")
-            if len(cache) >= _CACHED_EPOCHS:
-                cache.clear()
-            if micros == 1_000_000:
-                epoch = cache[value] = _Epoch(_fromtimestamp(value, UTC))
-            else:
-                epoch = cache[value] = _Epoch(_EPOCH + timedelta(0, 0, value * micros))
-        return epoch
-
-    return hook
-
-
 class _Reject(Exception):
     """The batch must take the exact path."""
+
+
+_CUSTOMER_EPOCHS = _epoch_plan(cb._CUSTOMER_SPEC)
+_SUBSCRIPTION_EPOCHS = _epoch_plan(cb._SUBSCRIPTION_SPEC)
 
 
 class TypedDecoder:
@@ -216,24 +213,17 @@ class TypedDecoder:
 
     def __init__(self, *, unit: str, now: datetime) -> None:
         ctx = cb._context(unit, now)
-        #: epochs in seconds (``s``, ``auto``): msgspec's lax mode makes the datetimes in C, and a strict
-        #: decoding of the same bytes into :func:`_strict_view` Structs refuses what lax mode would let
-        #: through (strings for numbers, 0/1 for booleans, fractions and the range of epochs). Other
-        #: units: strict decoding, epochs through a ``dec_hook``.
-        self._lax = ctx.micros == 1_000_000
-        self._epoch = _epoch_hook(ctx.low, ctx.high, ctx.micros)
+        self._micros = ctx.micros
         self._range = Annotated[int, Meta(ge=ctx.low, le=ctx.high)]
-        self._view: msgspec.json.Decoder[Any] | None = None
-        self._customer_view: msgspec.json.Decoder[Any] | None = None
         self._custom: dict[str, dict[str, None]] = {"customer": {}, "subscription": {}}
         self._decoder: msgspec.json.Decoder[Any] | None = None
         self._customer: msgspec.json.Decoder[Any] | None = None
-        #: customer objects (by hash of their bytes) of accepted batches: (id, keys); a customer repeated
+        #: customer objects (by hash of their bytes) of accepted batches: their id; a customer repeated
         #: byte for byte in later entries is a duplicate of a row the dedup has already seen. Keyed by
         #: Python's hash of the bytes (64-bit SipHash with a per-process key: as unlikely to collide as
         #: 8 bytes of SHA-256, unpredictable to a crafted input, and 2x cheaper); only decides whether a
         #: customer is decoded again, never the rows' bytes or order
-        self._seen: dict[int, tuple[str, int]] = {}
+        self._seen: dict[int, str] = {}
         self._plans: dict[type, _Plan] = {}
         self._declines = 0  # batches declined in a row
         self._skip = 0  # batches left to pass to the exact path untried (dirty input costs no double work)
@@ -249,39 +239,27 @@ class TypedDecoder:
 
     def _build(self) -> msgspec.json.Decoder[Any]:
         plans: dict[type, _Plan] = {}
-        lax = self._lax
-        epoch = datetime if lax else _Epoch
+        epoch = self._range
         customer = _struct("Customer", cb._CUSTOMER_SPEC, plans, tuple(self._custom["customer"]), epoch=epoch)
         subscription = _struct(
             "Subscription", cb._SUBSCRIPTION_SPEC, plans, tuple(self._custom["subscription"]), epoch=epoch
         )
-        card: Any = msgspec.Raw if lax else _CARD  # lax: the strict view checks (and counts) the card
         entry = msgspec.defstruct(
             "Entry",
             [
                 ("subscription", subscription | UnsetType, UNSET),
                 ("customer", msgspec.Raw | UnsetType, UNSET),  # decoded apart, once per distinct row
-                ("card", card | UnsetType, UNSET),
+                ("card", _CARD | UnsetType, UNSET),
             ],
             forbid_unknown_fields=True,
             gc=False,
         )
         self._plans = plans
-        hook = None if lax else self._epoch
-        self._customer = msgspec.json.Decoder(customer, dec_hook=hook, strict=not lax)
-        self._decoder = msgspec.json.Decoder(list[entry], dec_hook=hook, strict=not lax)  # type: ignore[valid-type]
-        if lax:
-            view = _strict_view("Subscription", cb._SUBSCRIPTION_SPEC, self._range)
-            entry_view = msgspec.defstruct(
-                "EntryView", [("subscription", view | UnsetType, UNSET), ("card", _CARD | UnsetType, UNSET)]
-            )
-            self._view = msgspec.json.Decoder(list[entry_view])  # type: ignore[valid-type]
-            self._customer_view = msgspec.json.Decoder(
-                _strict_view("Customer", cb._CUSTOMER_SPEC, self._range)
-            )
+        self._customer = msgspec.json.Decoder(customer)
+        self._decoder = msgspec.json.Decoder(list[entry])  # type: ignore[valid-type]
         return self._decoder
 
-    def decode(self, data: bytes) -> list[TypedEntry] | None:
+    def decode(self, data: bytes) -> TypedBatch | None:
         """Return the rows of the batch ``data`` (a JSON array of entries), or ``None``: take the exact path.
 
         :param data: ``[`` + entries + ``]``, possibly cut wrong (then ``None``).
@@ -298,64 +276,77 @@ class TypedDecoder:
             self._declines = 0
         return out
 
-    def _decode(self, data: bytes) -> list[TypedEntry] | None:
+    def _decode(self, data: bytes) -> TypedBatch | None:
         if data.rfind(b"\\u00") >= 0 and _ESCAPE.search(data):  # rfind: skips on the rare "\\", 2x `in`
             return None
         decoder = self._decoder or self._build()
+        decode_customer = self._customer.decode  # type: ignore[union-attr]
+        check = self._check
+        seen = self._seen
+        new: dict[int, str] = {}
+        customers: list[Any] = []  # the customers not seen before, decoded
+        subscriptions: list[Any] = []
+        keys = 0  # the keys the rows account for, to compare with the batch's
         try:
             entries = decoder.decode(data)
-            views = entries if self._view is None else self._view.decode(data)
-            keys = 0  # the keys the rows account for, to compare with the batch's
-            out = []
-            seen = self._seen
-            lax = self._lax
-            new: dict[int, tuple[str, int]] = {}
-            for entry, view in zip(entries, views, strict=True):
-                raw, subscription, card = entry.customer, entry.subscription, view.card
+            for entry in entries:
+                raw, subscription, card = entry.customer, entry.subscription, entry.card
                 if raw is UNSET:
                     return None  # the exact path quarantines it
-                digest = hash(bytes(raw))
-                known = seen.get(digest) or new.get(digest)
-                if known is not None:  # the same bytes as a customer row already written
-                    cid, customer_keys = known
-                    typed = TypedEntry(cid, None, None, None)
+                customer_bytes = bytes(raw)
+                digest = hash(customer_bytes)
+                cid = seen.get(digest) or new.get(digest)
+                if cid is not None:  # the same bytes as a customer row already written: its keys as they are
+                    keys += 1 + customer_bytes.count(b'":')
                 else:
-                    if self._customer_view is not None:
-                        self._customer_view.decode(raw)
-                    customer = self._customer.decode(raw)  # type: ignore[union-attr]
+                    customer = decode_customer(raw)
                     cid = customer.id
                     if cid is UNSET or not cid or cid.isspace():
                         return None  # no id: the exact path quarantines it
-                    customer_keys = 1 - self._check(customer)
-                    row = ENCODE(customer) + b"\n"
-                    customer_keys += row.count(b'":')
-                    new[digest] = (cid, customer_keys)
-                    changed = customer.updated_at or customer.created_at
-                    version = (
-                        (changed if lax else changed.datetime) if changed else cb._OLDEST,
-                        customer.resource_version or -1,
-                        cb.row_hash(row),
-                    )
-                    typed = TypedEntry(cid, version, row, None)
-                keys += customer_keys
+                    keys += 1 - check(customer)
+                    new[digest] = cid
+                    customers.append(customer)
                 if subscription is not UNSET:
                     sid = subscription.id
                     if sid is UNSET or not sid or sid.isspace() or subscription.customer_id != cid:
                         return None  # no id, no customer_id or another customer's
-                    keys += 1 - self._check(subscription)
-                    typed.subscription = ENCODE(subscription) + b"\n"
-                    keys += typed.subscription.count(b'":')
+                    keys += 1 - check(subscription)
+                    subscriptions.append(subscription)
                 if card is not UNSET:
                     keys += 1 + len(card)  # a duplicate key in the card is one key less
-                out.append(typed)
         except (_Reject, *_DECODE_ERRORS):
             return None
+        self._datetimes(customers, subscriptions)
+        rows = _ENCODE_LINES(subscriptions)
+        keys += rows.count(b'":')
+        typed = []
+        for customer in customers:
+            row = ENCODE(customer) + b"\n"
+            keys += row.count(b'":')
+            changed = customer.updated_at or customer.created_at
+            version = (changed or cb._OLDEST, customer.resource_version or -1, cb.row_hash(row))
+            typed.append((customer.id, version, row))
         if data.count(b'":') != keys:  # a duplicate key (or an unusual spelling): let the reader judge
             return None
         if len(seen) + len(new) > _SEEN_CUSTOMERS:
             seen.clear()
         seen.update(new)
-        return out
+        return TypedBatch(len(entries), rows, len(subscriptions), typed, len(entries) - len(customers))
+
+    def _datetimes(self, customers: list[Any], subscriptions: list[Any]) -> None:
+        """Replace the epochs of the records (integers, range-checked while decoding) by datetimes."""
+        found: tuple[list[Any], list[str], list[int]] = ([], [], [])
+        if customers and _CUSTOMER_EPOCHS is not None:
+            _gather(customers, _CUSTOMER_EPOCHS, found)
+        if subscriptions and _SUBSCRIPTION_EPOCHS is not None:
+            _gather(subscriptions, _SUBSCRIPTION_EPOCHS, found)
+        owners, names, values = found
+        if self._micros == 1_000_000:  # seconds: msgspec makes them datetimes in C, all in one call
+            datetimes: Iterable[datetime] = msgspec.convert(values, _DATETIMES, strict=False)
+        else:
+            micros = map(mul, values, repeat(self._micros))
+            datetimes = map(add, repeat(_EPOCH), map(timedelta, repeat(0), repeat(0), micros))
+        _consume(map(setattr, owners, names, datetimes))
 
     def _check(self, record: Any) -> int:
         """Check the free JSON of a record, move its custom fields to ``custom_fields``; return how many keys

@@ -19,7 +19,7 @@ import pytest
 
 from airflow_provider_incremental.core.epoch import epoch_bounds
 from airflow_provider_incremental.core.transform import TransformResult, transform_exports
-from airflow_provider_incremental.core.typed import TypedDecoder, TypedEntry
+from airflow_provider_incremental.core.typed import TypedBatch, TypedDecoder
 from airflow_provider_incremental.exceptions import SourceFormatError
 from airflow_provider_incremental.local.generate import write_export
 
@@ -94,8 +94,9 @@ def test_generated_exports_give_the_same_rows_and_take_the_fast_path(
         for entity in ("customer", "subscription"):
             decoder.learn(entity, [k for k in entry.get(entity, {}) if k.startswith("cf_")])
     decoded = decoder.decode(batch)
-    assert decoded is not None and len(decoded) == 50
-    assert all(type(e) is TypedEntry for e in decoded)
+    assert type(decoded) is TypedBatch and len(decoded) == 50
+    assert decoded.subscription_rows == 50 == decoded.subscriptions.count(b"\n")
+    assert len(decoded.customers) + decoded.duplicates == 50
 
 
 def entry(**changes: Any) -> dict[str, Any]:
@@ -148,7 +149,7 @@ DECLINED = {
     "unknown entry key": [{**entry(), "invoice": {}}],
     "big int in json": [entry(customer__meta_data={"n": 1 << 60})],
     "card in a record": [entry(customer__card={"last4": "0005"})],
-    # what msgspec's lax mode (epochs in seconds become datetimes in C) would take: the strict view refuses
+    # what msgspec's lax mode would coerce: the decoding is strict, so these are refused
     "string for an integer": [entry(subscription__mrr="100")],
     "string for a customer integer": [entry(customer__net_term_days="0")],
     "string for a boolean": [entry(subscription__deleted="false")],
@@ -172,11 +173,11 @@ DECLINED = {
 def test_a_clean_batch_is_decoded() -> None:
     decoded = learned().decode(GOOD)
     assert decoded is not None and len(decoded) == 1
-    row = json.loads(decoded[0].customer)
+    row = json.loads(decoded.customers[0][2])
     assert row["id"] == SAMPLE["list"][1]["customer"]["id"]
     created = SAMPLE["list"][1]["customer"]["created_at"]
     assert row["created_at"] == datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
-    assert json.loads(decoded[0].subscription or b"")["customer_id"] == row["id"]
+    assert json.loads(decoded.subscriptions)["customer_id"] == row["id"]
 
 
 @pytest.mark.parametrize("name", DECLINED)
@@ -212,11 +213,34 @@ def test_epochs_at_the_edges_of_the_range_take_the_fast_path(unit: str) -> None:
             base["customer"][key] = low
     decoded = decoder.decode(json.dumps([base]).encode())
     assert decoded is not None
-    customer = json.loads(decoded[0].customer or b"")
-    subscription = json.loads(decoded[0].subscription or b"")
+    customer = json.loads(decoded.customers[0][2])
+    subscription = json.loads(decoded.subscriptions)
     assert customer["created_at"] == "2000-01-01T00:00:00Z"
     expected = datetime.fromtimestamp(high, UTC).isoformat().replace("+00:00", "Z")
     assert subscription["updated_at"] == expected
+
+
+@pytest.mark.parametrize(("unit", "scale", "extra"), [("ms", 1_000, 123), ("us", 1_000_000, 456_789)])
+def test_epochs_in_other_units_take_the_fast_path_and_give_the_exact_paths_rows(
+    tmp_path: Path, unit: str, scale: int, extra: int
+) -> None:
+    def scaled(value: Any, key: str = "") -> Any:  # every epoch in the unit, with a sub-second part
+        if isinstance(value, dict):
+            return {k: scaled(v, k) for k, v in value.items() if not k.startswith("cf_")}
+        if isinstance(value, list):
+            return [scaled(v) for v in value]
+        epoch = isinstance(value, int) and not isinstance(value, bool) and 10**9 < value < 10**10
+        return value * scale + extra if epoch and key != "resource_version" else value
+
+    entries = [scaled(e) for e in SAMPLE["list"][:5]]
+    decoded = TypedDecoder(unit=unit, now=NOW).decode(json.dumps(entries).encode())
+    assert decoded is not None and len(decoded) == 5  # taken by the fast path
+    subscription = json.loads(decoded.subscriptions.splitlines()[0])
+    created = SAMPLE["list"][0]["subscription"]["created_at"]
+    expected = datetime.fromtimestamp(created, UTC).replace(microsecond=extra * 1_000_000 // scale)
+    assert subscription["created_at"] == expected.isoformat().replace("+00:00", "Z")
+    result = assert_same(tmp_path, json.dumps({"list": entries}).encode(), unit=unit)
+    assert isinstance(result, TransformResult) and result.quarantined == 0
 
 
 @pytest.mark.parametrize(
