@@ -162,18 +162,19 @@ class _CustomerSpill:
         return self._dedup.duplicates
 
     def add(self, row: dict[str, Any]) -> None:
-        data = ENCODE(row) + b"\n"
+        data = ENCODE(row)
         self._dedup.add(row, self._lines, canonical=data)
-        self._fp.write(data)
+        self._fp.write(data + b"\n")
         self._lines += 1
 
     def add_typed(self, batch: TypedBatch) -> None:
         """Add the customers of a batch of the fast path (rows encoded, versions computed)."""
-        self._dedup.duplicates += batch.duplicates  # the same bytes as a row added before: never newest
-        for number, (record_id, version, _) in enumerate(batch.customers, self._lines):
-            self._dedup.add_version(record_id, version, number)
-        self._fp.write(b"".join([row for _, _, row in batch.customers]))
-        self._lines += len(batch.customers)
+        self._dedup.duplicates += batch.entries - len(batch.versions)  # repeats: never the newest row
+        add = self._dedup.add_version
+        for number, (record_id, version) in enumerate(batch.versions, self._lines):
+            add(record_id, version, number)
+        self._fp.write(batch.customers)
+        self._lines += len(batch.versions)
 
     def close(self) -> None:
         self._fp.close()

@@ -71,27 +71,27 @@ class TypedBatch:
     :param entries: how many entries the batch holds (its ``len``).
     :param subscriptions: the subscription rows, one per line (NDJSON).
     :param subscription_rows: how many rows ``subscriptions`` holds.
-    :param customers: ``(id, version, row)`` for each customer not seen before (``version`` is its
-        :func:`.chargebee.version_key`, ``row`` canonical JSON with sorted keys and a newline).
-    :param duplicates: the entries whose customer repeats, byte for byte, a customer already given (a
-        duplicate: it can never be the newest row).
+    :param customers: the rows of the customers not seen before, one per line (canonical JSON, keys sorted).
+    :param versions: ``(id, version)`` of each row of ``customers``, ``version`` its
+        :func:`.chargebee.version_key`. The other entries' customers repeat, byte for byte, a customer
+        already given (duplicates: they can never be the newest row).
     """
 
-    __slots__ = ("customers", "duplicates", "entries", "subscription_rows", "subscriptions")
+    __slots__ = ("customers", "entries", "subscription_rows", "subscriptions", "versions")
 
     def __init__(
         self,
         entries: int,
         subscriptions: bytes,
         subscription_rows: int,
-        customers: list[tuple[str, tuple[datetime, int, bytes], bytes]],
-        duplicates: int,
+        customers: bytes,
+        versions: list[tuple[str, tuple[datetime, int, bytes]]],
     ) -> None:
         self.entries = entries
         self.subscriptions = subscriptions
         self.subscription_rows = subscription_rows
         self.customers = customers
-        self.duplicates = duplicates
+        self.versions = versions
 
     def __len__(self) -> int:
         return self.entries
@@ -277,7 +277,8 @@ class TypedDecoder:
         return out
 
     def _decode(self, data: bytes) -> TypedBatch | None:
-        if data.rfind(b"\\u00") >= 0 and _ESCAPE.search(data):  # rfind: skips on the rare "\\", 2x `in`
+        # memchr finds no backslash in most batches; else rfind skips on the rare "\\" (2x faster than `in`)
+        if b"\\" in data and data.rfind(b"\\u00") >= 0 and _ESCAPE.search(data):
             return None
         decoder = self._decoder or self._build()
         decode_customer = self._customer.decode  # type: ignore[union-attr]
@@ -318,20 +319,19 @@ class TypedDecoder:
             return None
         self._datetimes(customers, subscriptions)
         rows = _ENCODE_LINES(subscriptions)
-        keys += rows.count(b'":')
-        typed = []
-        for customer in customers:
-            row = ENCODE(customer) + b"\n"
-            keys += row.count(b'":')
-            changed = customer.updated_at or customer.created_at
-            version = (changed or cb._OLDEST, customer.resource_version or -1, cb.row_hash(row))
-            typed.append((customer.id, version, row))
+        customer_rows = _ENCODE_LINES(customers)
+        keys += rows.count(b'":') + customer_rows.count(b'":')
         if data.count(b'":') != keys:  # a duplicate key (or an unusual spelling): let the reader judge
             return None
+        row_hash = cb.row_hash
+        versions = [
+            (c.id, (c.updated_at or c.created_at or cb._OLDEST, c.resource_version or -1, row_hash(row)))
+            for c, row in zip(customers, customer_rows.split(b"\n")[:-1], strict=True)  # ends with "\n"
+        ]
         if len(seen) + len(new) > _SEEN_CUSTOMERS:
             seen.clear()
         seen.update(new)
-        return TypedBatch(len(entries), rows, len(subscriptions), typed, len(entries) - len(customers))
+        return TypedBatch(len(entries), rows, len(subscriptions), customer_rows, versions)
 
     def _datetimes(self, customers: list[Any], subscriptions: list[Any]) -> None:
         """Replace the epochs of the records (integers, range-checked while decoding) by datetimes."""
