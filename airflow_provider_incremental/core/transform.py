@@ -182,7 +182,14 @@ class _CustomerSpill:
     def write_newest(self, path: Path, digest: Any) -> int:
         """Write the newest row of each id to ``path`` (feeding ``digest``); return how many."""
         self._fp.close()
-        wanted = iter(sorted(self._dedup.kept()))
+        kept = self._dedup.kept()
+        if len(kept) == self._lines:  # every row is the newest of its id (no id changed): the spill as it is
+            with open(self._path, "rb") as spill:
+                while block := spill.read(1 << 20):
+                    digest.update(block)
+            self._path.replace(path)
+            return self._lines
+        wanted = iter(sorted(kept))
         target = next(wanted, None)
         writer = _Writer(path, digest)
         with open(self._path, "rb") as spill:

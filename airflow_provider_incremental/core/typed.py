@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from itertools import chain, compress, repeat
-from operator import add, attrgetter, is_not, mul
+from operator import add, attrgetter, mul
 from typing import Annotated, Any
 
 import msgspec
@@ -131,26 +131,25 @@ def _epoch_plan(spec: cb._Spec) -> _EpochPlan | None:
 
 
 def _gather(records: list[Any], plan: _EpochPlan, found: tuple[list[Any], list[str], list[int]]) -> None:
-    """Add the epochs set in ``records`` (Structs of one type) to ``found``: (record, field, value) lists."""
+    """Add the epochs set in ``records`` (Structs of one type) to ``found``: (record, field, value) lists.
+
+    The loops run in C: ``filter(None, ...)`` keeps what is set, because an epoch is a positive integer
+    (range-checked while decoding: after 2000-01-01) while ``UNSET`` and an empty list are false.
+    """
     owners, names, values = found
     epochs, nested = plan
     for name in epochs:
         column = list(map(attrgetter(name), records))
-        unset = column.count(UNSET)
-        if unset == len(column):
-            continue
-        if unset:
-            mask = list(map(is_not, column, repeat(UNSET)))
-            owners += compress(records, mask)
-            values += compress(column, mask)
-        else:
-            owners += records
-            values += column
-        names += repeat(name, len(column) - unset)
+        present = list(filter(None, column))
+        if present:
+            values += present
+            owners += compress(records, column)
+            names += repeat(name, len(present))
     for name, many, inner in nested:
-        children = [child for child in map(attrgetter(name), records) if child is not UNSET]
-        if children:
-            _gather(list(chain.from_iterable(children)) if many else children, inner, found)
+        children = filter(None, map(attrgetter(name), records))  # a Struct is true
+        within = list(chain.from_iterable(children)) if many else list(children)
+        if within:
+            _gather(within, inner, found)
 
 
 def _struct(
