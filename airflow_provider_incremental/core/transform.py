@@ -13,10 +13,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import accumulate, repeat
+from operator import add
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -156,6 +159,7 @@ class _CustomerSpill:
         self._fp: IO[bytes] = open(spill, "wb")
         self._dedup = CustomerDedup()
         self._lines = 0
+        self._ends = array("q")  # the byte offset of the end of each row (8 bytes a row)
 
     @property
     def duplicates(self) -> int:
@@ -166,15 +170,19 @@ class _CustomerSpill:
         self._dedup.add(row, self._lines, canonical=data)
         self._fp.write(data + b"\n")
         self._lines += 1
+        self._ends.append((self._ends[-1] if self._ends else 0) + len(data) + 1)
 
     def add_typed(self, batch: TypedBatch) -> None:
         """Add the customers of a batch of the fast path (rows encoded, versions computed)."""
         self._dedup.duplicates += batch.entries - len(batch.versions)  # repeats: never the newest row
-        add = self._dedup.add_version
+        add_version = self._dedup.add_version
         for number, (record_id, version) in enumerate(batch.versions, self._lines):
-            add(record_id, version, number)
+            add_version(record_id, version, number)
         self._fp.write(batch.customers)
         self._lines += len(batch.versions)
+        ends = accumulate(map(add, batch.lengths, repeat(1)), initial=self._ends[-1] if self._ends else 0)
+        next(ends)  # the start of the block
+        self._ends.extend(ends)
 
     def close(self) -> None:
         self._fp.close()
@@ -182,24 +190,35 @@ class _CustomerSpill:
     def write_newest(self, path: Path, digest: Any) -> int:
         """Write the newest row of each id to ``path`` (feeding ``digest``); return how many."""
         self._fp.close()
-        kept = self._dedup.kept()
-        if len(kept) == self._lines:  # every row is the newest of its id (no id changed): the spill as it is
-            with open(self._path, "rb") as spill:
-                while block := spill.read(1 << 20):
+        ends = self._ends
+        kept = sorted(self._dedup.kept())
+        with open(self._path, "rb") as spill, open(path, "wb") as out:
+            # copy each run of consecutive kept rows as one byte range (usually a few runs: few ids change)
+            for start, stop in _runs(kept):
+                spill.seek(ends[start - 1] if start else 0)
+                left = ends[stop - 1] - spill.tell()
+                while left > 0:
+                    block = spill.read(min(left, 1 << 20))
+                    if not block:
+                        raise RuntimeError(f"the customer spill {self._path} is shorter than written")
                     digest.update(block)
-            self._path.replace(path)
-            return self._lines
-        wanted = iter(sorted(kept))
-        target = next(wanted, None)
-        writer = _Writer(path, digest)
-        with open(self._path, "rb") as spill:
-            for number, line in enumerate(spill):
-                if number == target:
-                    writer.write_lines([line])
-                    target = next(wanted, None)
-        writer.close()
+                    out.write(block)
+                    left -= len(block)
         self._path.unlink()
-        return writer.rows
+        return len(kept)
+
+
+def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
+    """The runs of consecutive integers in sorted ``numbers``, as ``range``-style ``(start, stop)`` pairs."""
+    start = stop = -1
+    for number in numbers:
+        if number != stop:
+            if stop > start:
+                yield start, stop
+            start = number
+        stop = number + 1
+    if stop > start:
+        yield start, stop
 
 
 def transform_exports(

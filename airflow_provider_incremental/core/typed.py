@@ -75,9 +75,10 @@ class TypedBatch:
     :param versions: ``(id, version)`` of each row of ``customers``, ``version`` its
         :func:`.chargebee.version_key`. The other entries' customers repeat, byte for byte, a customer
         already given (duplicates: they can never be the newest row).
+    :param lengths: the length of each row of ``customers``, without its newline.
     """
 
-    __slots__ = ("customers", "entries", "subscription_rows", "subscriptions", "versions")
+    __slots__ = ("customers", "entries", "lengths", "subscription_rows", "subscriptions", "versions")
 
     def __init__(
         self,
@@ -86,12 +87,14 @@ class TypedBatch:
         subscription_rows: int,
         customers: bytes,
         versions: list[tuple[str, tuple[datetime, int, bytes]]],
+        lengths: list[int],
     ) -> None:
         self.entries = entries
         self.subscriptions = subscriptions
         self.subscription_rows = subscription_rows
         self.customers = customers
         self.versions = versions
+        self.lengths = lengths
 
     def __len__(self) -> int:
         return self.entries
@@ -323,14 +326,16 @@ class TypedDecoder:
         if data.count(b'":') != keys:  # a duplicate key (or an unusual spelling): let the reader judge
             return None
         row_hash = cb.row_hash
+        lines = customer_rows.split(b"\n")[:-1]  # the block ends with a newline
         versions = [
             (c.id, (c.updated_at or c.created_at or cb._OLDEST, c.resource_version or -1, row_hash(row)))
-            for c, row in zip(customers, customer_rows.split(b"\n")[:-1], strict=True)  # ends with "\n"
+            for c, row in zip(customers, lines, strict=True)
         ]
         if len(seen) + len(new) > _SEEN_CUSTOMERS:
             seen.clear()
         seen.update(new)
-        return TypedBatch(len(entries), rows, len(subscriptions), customer_rows, versions)
+        lengths = list(map(len, lines))
+        return TypedBatch(len(entries), rows, len(subscriptions), customer_rows, versions, lengths)
 
     def _datetimes(self, customers: list[Any], subscriptions: list[Any]) -> None:
         """Replace the epochs of the records (integers, range-checked while decoding) by datetimes."""

@@ -24,7 +24,7 @@ from airflow_provider_incremental.core.chargebee import (
     QUARANTINE_SCHEMA,
     SUBSCRIPTION_EPOCH_FIELDS,
 )
-from airflow_provider_incremental.core.transform import Progress, TransformResult, transform_exports
+from airflow_provider_incremental.core.transform import Progress, TransformResult, _runs, transform_exports
 from airflow_provider_incremental.exceptions import SourceFormatError
 
 UTC = timezone.utc
@@ -548,3 +548,17 @@ def test_the_gc_state_is_restored_after_a_transform(tmp_path: Path, enabled: boo
         assert seen == [False]  # paused while the file is read
     finally:
         (gc.enable if before else gc.disable)()
+
+
+@pytest.mark.parametrize(
+    ("numbers", "runs"),
+    [
+        ([], []),
+        ([0], [(0, 1)]),
+        ([0, 1, 2], [(0, 3)]),
+        ([0, 2, 3, 7], [(0, 1), (2, 4), (7, 8)]),
+        ([5, 6], [(5, 7)]),
+    ],
+)
+def test_kept_customer_rows_are_copied_in_runs(numbers: list[int], runs: list[tuple[int, int]]) -> None:
+    assert list(_runs(numbers)) == runs
