@@ -158,8 +158,7 @@ class _CustomerSpill:
         self._path = spill
         self._fp: IO[bytes] = open(spill, "wb")
         self._dedup = CustomerDedup()
-        self._lines = 0
-        self._ends = array("q")  # the byte offset of the end of each row (8 bytes a row)
+        self._ends = array("q")  # the byte offset of the end of each row (8 bytes a row; len: the rows)
 
     @property
     def duplicates(self) -> int:
@@ -167,22 +166,24 @@ class _CustomerSpill:
 
     def add(self, row: dict[str, Any]) -> None:
         data = ENCODE(row)
-        self._dedup.add(row, self._lines, canonical=data)
+        self._dedup.add(row, len(self._ends), canonical=data)
         self._fp.write(data + b"\n")
-        self._lines += 1
-        self._ends.append((self._ends[-1] if self._ends else 0) + len(data) + 1)
+        self._ends.append(self._end() + len(data) + 1)
 
     def add_typed(self, batch: TypedBatch) -> None:
         """Add the customers of a batch of the fast path (rows encoded, versions computed)."""
         self._dedup.duplicates += batch.entries - len(batch.versions)  # repeats: never the newest row
         add_version = self._dedup.add_version
-        for number, (record_id, version) in enumerate(batch.versions, self._lines):
+        for number, (record_id, version) in enumerate(batch.versions, len(self._ends)):
             add_version(record_id, version, number)
         self._fp.write(batch.customers)
-        self._lines += len(batch.versions)
-        ends = accumulate(map(add, batch.lengths, repeat(1)), initial=self._ends[-1] if self._ends else 0)
+        ends = accumulate(map(add, batch.lengths, repeat(1)), initial=self._end())
         next(ends)  # the start of the block
         self._ends.extend(ends)
+
+    def _end(self) -> int:
+        """The byte offset of the end of the spill so far."""
+        return self._ends[-1] if self._ends else 0
 
     def close(self) -> None:
         self._fp.close()

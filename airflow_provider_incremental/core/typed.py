@@ -47,7 +47,7 @@ import orjson
 from msgspec import UNSET, Meta, UnsetType
 
 from airflow_provider_incremental.core import chargebee as cb
-from airflow_provider_incremental.core.epoch import UTC
+from airflow_provider_incremental.core.epoch import _EPOCH
 
 __all__ = ["ENCODE", "TypedBatch", "TypedDecoder"]
 
@@ -60,7 +60,6 @@ _PLAIN = (str, bool, type(None), float)
 _SEEN_CUSTOMERS = 1 << 16  # ~16 MB; past that the window restarts (repeats are decoded again)
 _MAX_CUSTOM_FIELDS = 256  # learned names per entity; past that, records with new ones take the exact path
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DATETIMES = list[datetime]
 _consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend  # run an iterator to its end in C
 
