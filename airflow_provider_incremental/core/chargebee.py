@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -585,20 +586,28 @@ def row_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()[:8]
 
 
+def version(row: Row) -> tuple[datetime, int]:
+    """The order of the versions of one record, before the tie-break: newest ``updated_at`` (or
+    ``created_at``), then ``resource_version``.
+
+    :param row: a row from :func:`normalise_entry` (datetimes, not epochs).
+    """
+    return (row.get("updated_at") or row.get("created_at") or _OLDEST, row.get("resource_version") or -1)
+
+
 def version_key(row: Row, canonical: bytes | None = None) -> tuple[datetime, int, bytes]:
-    """The order of the versions of one record: newest ``updated_at`` (or ``created_at``), then
-    ``resource_version``, then a hash of the row's canonical JSON, so that two different rows with the
-    same version still have one winner whatever the input order.
+    """The order of the versions of one record: :func:`version`, then a hash of the row's canonical JSON,
+    so that two different rows with the same version still have one winner whatever the input order.
 
     :param row: a row from :func:`normalise_entry` (datetimes, not epochs).
     :param canonical: the row as JSON with sorted keys, if the caller has it already.
     """
-    data = canonical if canonical is not None else orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
-    return (
-        row.get("updated_at") or row.get("created_at") or _OLDEST,
-        row.get("resource_version") or -1,
-        row_hash(data),
-    )
+    data = canonical if canonical is not None else _canonical(row)
+    return (*version(row), row_hash(data))
+
+
+def _canonical(row: Row) -> bytes:
+    return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
 
 
 def newer(a: Row, b: Row) -> bool:
@@ -615,29 +624,38 @@ class CustomerDedup:
 
     In a list-subscriptions export every entry repeats its customer. The caller keeps the rows where it
     likes (the transform spills them to disk) and passes a token for each (its line number); memory grows
-    with the distinct ids only. ``duplicates`` counts the rows folded into another.
+    with the distinct ids only. ``duplicates`` counts the rows folded into another. The tie-break hash is
+    computed only for a tie (two versions of an id with the same :func:`version`): then ``canonical`` gives
+    the rows' bytes.
+
+    :param canonical: the canonical JSON of the row a token stands for (the caller has stored it already);
+        by default the token is the row itself.
     """
 
-    def __init__(self) -> None:
-        self._index: dict[str, tuple[tuple[datetime, int, bytes], Any]] = {}
+    def __init__(self, canonical: Callable[[Any], bytes] = _canonical) -> None:
+        self._index: dict[str, tuple[tuple[datetime, int], Any]] = {}
+        self._canonical = canonical
         self.duplicates = 0
 
-    def add(self, row: Row, token: Any, canonical: bytes | None = None) -> bool:
+    def add(self, row: Row, token: Any) -> bool:
         """Add a customer row; return whether it is now the kept row for its id.
 
         :param row: a customer row from :func:`normalise_entry`.
         :param token: what :meth:`kept` returns for this row if it wins.
-        :param canonical: the row as JSON with sorted keys, if the caller has it already.
         """
-        return self.add_version(row["id"], version_key(row, canonical), token)
+        return self.add_version(row["id"], version(row), token)
 
-    def add_version(self, record_id: str, version: tuple[datetime, int, bytes], token: Any) -> bool:
-        """:meth:`add` for a row whose :func:`version_key` the caller has computed already."""
+    def add_version(self, record_id: str, version: tuple[datetime, int], token: Any) -> bool:
+        """:meth:`add` for a row whose :func:`version` the caller has computed already."""
         kept = self._index.get(record_id)
         if kept is not None:
             self.duplicates += 1
-            if version <= kept[0]:
+            if version < kept[0]:
                 return False
+            if version == kept[0]:  # a tie: the greater hash of the canonical JSON wins, whatever the order
+                canonical = self._canonical
+                if row_hash(canonical(token)) <= row_hash(canonical(kept[1])):
+                    return False
         self._index[record_id] = (version, token)
         return True
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import time
 from array import array
 from collections import Counter
@@ -156,8 +157,8 @@ class _CustomerSpill:
 
     def __init__(self, spill: Path) -> None:
         self._path = spill
-        self._fp: IO[bytes] = open(spill, "wb")
-        self._dedup = CustomerDedup()
+        self._fp: IO[bytes] = open(spill, "w+b")
+        self._dedup = CustomerDedup(canonical=self._row)
         self._ends = array("q")  # the byte offset of the end of each row (8 bytes a row; len: the rows)
 
     @property
@@ -166,20 +167,28 @@ class _CustomerSpill:
 
     def add(self, row: dict[str, Any]) -> None:
         data = ENCODE(row)
-        self._dedup.add(row, len(self._ends), canonical=data)
+        number = len(self._ends)
         self._fp.write(data + b"\n")
         self._ends.append(self._end() + len(data) + 1)
+        self._dedup.add(row, number)
 
     def add_typed(self, batch: TypedBatch) -> None:
         """Add the customers of a batch of the fast path (rows encoded, versions computed)."""
-        self._dedup.duplicates += batch.entries - len(batch.versions)  # repeats: never the newest row
-        add_version = self._dedup.add_version
-        for number, (record_id, version) in enumerate(batch.versions, len(self._ends)):
-            add_version(record_id, version, number)
+        first = len(self._ends)
         self._fp.write(batch.customers)
         ends = accumulate(map(add, batch.lengths, repeat(1)), initial=self._end())
         next(ends)  # the start of the block
         self._ends.extend(ends)
+        self._dedup.duplicates += batch.entries - len(batch.versions)  # repeats: never the newest row
+        add_version = self._dedup.add_version
+        for number, (record_id, version) in enumerate(batch.versions, first):
+            add_version(record_id, version, number)
+
+    def _row(self, number: int) -> bytes:
+        """Row ``number`` as it was spilled, without its newline (read back for a tie-break: rare)."""
+        self._fp.flush()
+        start = self._ends[number - 1] if number else 0
+        return os.pread(self._fp.fileno(), self._ends[number] - 1 - start, start)
 
     def _end(self) -> int:
         """The byte offset of the end of the spill so far."""

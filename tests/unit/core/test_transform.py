@@ -25,6 +25,7 @@ from airflow_provider_incremental.core.chargebee import (
     SUBSCRIPTION_EPOCH_FIELDS,
 )
 from airflow_provider_incremental.core.transform import Progress, TransformResult, _runs, transform_exports
+from airflow_provider_incremental.core.typed import TypedDecoder
 from airflow_provider_incremental.exceptions import SourceFormatError
 
 UTC = timezone.utc
@@ -261,6 +262,34 @@ def test_newest_customer_wins_whatever_the_page_order(tmp_path: Path) -> None:
         assert len(customers) == 2
         assert result.counts["customer"].deduplicated == 2
         assert_balanced(result)
+
+
+def test_a_version_tie_has_one_winner_whatever_the_order_the_pages_and_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[bool] = []  # whether each batch took the typed fast path
+    decode = TypedDecoder.decode
+    monkeypatch.setattr(TypedDecoder, "decode", lambda self, data: taken.append(r := decode(self, data)) or r)
+
+    def plain(e: dict[str, Any]) -> dict[str, Any]:  # no custom fields: the fast path takes the first batch
+        return {k: plain(v) if isinstance(v, dict) else v for k, v in e.items() if not k.startswith("cf_")}
+
+    versions = [plain(entry(0)) for _ in range(3)]  # same id, updated_at and resource_version; other bytes
+    versions[1]["customer"]["company"] = "Tie Ltd"
+    versions[2]["customer"]["phone"] = "+1 555 0100"
+    winners = set()
+    for typed in (True, False):
+        for order in itertools.permutations(versions):
+            for pages in ([list(order)], [[e] for e in order]):  # one batch, or one page (and batch) each
+                taken.clear()
+                sources = [source(f"p{i}.json", export(p)) for i, p in enumerate(pages)]
+                result = transform(tmp_path, sources, typed=typed)
+                assert bool(taken) is typed and all(taken)
+                (row,) = ndjson(result.files["customers"])
+                winners.add(json.dumps(row, sort_keys=True))
+                assert result.counts["customer"].deduplicated == 2
+                assert_balanced(result)
+    assert len(winners) == 1, "the winner of a tie depends on neither the order, the pages nor the path"
 
 
 def test_deleted_records_are_kept_with_their_flag(tmp_path: Path) -> None:

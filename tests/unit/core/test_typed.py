@@ -249,16 +249,61 @@ def test_epochs_in_other_units_take_the_fast_path_and_give_the_exact_paths_rows(
     [
         GOOD.replace(b'"object": "customer"', b'"object": "customer", "object": "customer"'),  # dup key
         GOOD.replace(b'"object": "card"', b'"object": "card", "object": "card"'),  # dup key in the card
-        GOOD.replace(b'"company": "', b'"company": "\\u0022'),  # an escaped quote hides from the count
+        GOOD.replace(b'"company": "', b'"company": "\\u003a'),  # an escaped colon hides from the count
+        GOOD.replace(b'"company": "', b'"company": "\\u003A'),
+        # a duplicate key beside colons in the card's strings (the rows copy neither)
+        GOOD.replace(b'"object": "card"', b'"object": "card:a:b", "object": "card"'),
+        GOOD.replace(b'"object": "customer"', b'"object": "customer", "object" : "customer"'),
         GOOD.replace(b'"object": "card"', b'"object": "card", "n": 123456789012345678901'),
         GOOD[:-40],  # cut inside an entry
         GOOD.replace(b'"object": "card"', b'"object": NaN'),
     ],
-    ids=["duplicate key", "duplicate key in card", "escaped quote", "big int in card", "cut", "NaN"],
+    ids=[
+        "duplicate key",
+        "duplicate key in card",
+        "escaped colon",
+        "escaped colon upper case",
+        "duplicate key in card with colons",
+        "duplicate key spelled with a space",
+        "big int in card",
+        "cut",
+        "NaN",
+    ],
 )
 def test_batches_the_reader_must_judge_are_declined(data: bytes) -> None:
     assert data != GOOD
     assert learned().decode(data) is None
+
+
+COLONS = {
+    # colons inside strings are copied to the rows as they are, or dropped with the card: counted either way
+    "in a customer string": entry(customer__company="Acme: the 2nd"),
+    "in a subscription string": entry(subscription__po_number="po:1:2"),
+    "in a nested string": entry(subscription__subscription_items=[{"item_price_id": "plan:gold"}]),
+    "in free json": entry(customer__meta_data={"a:b": "c:d"}),
+    "in a card value": entry(card__ip_address="2001:db8::1"),
+    "in a card key": entry(card__colon_key_x="1"),
+    "escaped quote": entry(customer__company='The "Best": Widgets'),
+}
+
+
+@pytest.mark.parametrize("name", COLONS)
+def test_colons_inside_strings_take_the_fast_path_and_give_the_exact_paths_rows(
+    tmp_path: Path, name: str
+) -> None:
+    data = json.dumps([COLONS[name]]).encode().replace(b"colon_key_x", b"colon:key")
+    decoded = learned().decode(data)
+    assert decoded is not None and len(decoded) == 1
+    twin = json.dumps({"list": [SAMPLE["list"][0], json.loads(data)[0]]}).encode()
+    result = assert_same(tmp_path, twin)
+    assert isinstance(result, TransformResult) and result.quarantined == 0
+
+
+def test_a_duplicate_key_in_a_batch_with_colons_in_strings_is_declined() -> None:
+    data = json.dumps([COLONS["in a card value"], COLONS["in a customer string"]]).encode()
+    assert learned().decode(data) is not None
+    duplicated = data.replace(b'"object": "customer"', b'"object": "customer", "object": "x:y"', 1)
+    assert learned().decode(duplicated) is None
 
 
 def test_dirty_input_is_tried_less_often_and_learning_resets_that() -> None:
