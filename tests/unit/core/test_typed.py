@@ -19,7 +19,7 @@ import pytest
 
 from airflow_provider_incremental.core.epoch import epoch_bounds
 from airflow_provider_incremental.core.transform import TransformResult, transform_exports
-from airflow_provider_incremental.core.typed import TypedBatch, TypedDecoder
+from airflow_provider_incremental.core.typed import TypedBatch, TypedDecoder, _escaped_colon
 from airflow_provider_incremental.exceptions import SourceFormatError
 from airflow_provider_incremental.local.generate import write_export
 
@@ -304,6 +304,25 @@ def test_a_duplicate_key_in_a_batch_with_colons_in_strings_is_declined() -> None
     assert learned().decode(data) is not None
     duplicated = data.replace(b'"object": "customer"', b'"object": "customer", "object": "x:y"', 1)
     assert learned().decode(duplicated) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a": "b"}', False),
+        (b'{"a": "\\"b\\""}', False),  # escaped quotes only
+        (b'{"a": "\\u003a"}', True),
+        (b'{"a": "\\u003A"}', True),
+        (b'{"a": "x\\"\\u003ay"}', True),  # after another escape
+        (b'{"a": "\\\\u003a"}', False),  # an escaped backslash, then the text u003a
+        (b'{"a": "\\u0022 \\u003b \\u00e9"}', False),
+        (b'{"a": "' + b"\\n" * 100 + b'\\u003a"}', True),  # past 64 escapes: the regular expression
+        (b'{"a": "' + b"\\n" * 100 + b'"}', False),
+        (b'{"a": "' + b"\\n" * 64 + b'"}', False),
+    ],
+)
+def test_escaped_colon(data: bytes, expected: bool) -> None:
+    assert _escaped_colon(data) is expected
 
 
 def test_dirty_input_is_tried_less_often_and_learning_resets_that() -> None:
