@@ -33,7 +33,7 @@ from airflow_provider_incremental.core.chargebee import (
     unknown_fields,
 )
 from airflow_provider_incremental.core.json_stream import ExportReader, parse_next_offset
-from airflow_provider_incremental.core.typed import ENCODE, TypedBatch, TypedDecoder
+from airflow_provider_incremental.core.typed import TypedBatch, TypedDecoder, encode_row
 
 ENTITIES = ("customer", "subscription", "entry")
 _DUMP = orjson.OPT_APPEND_NEWLINE
@@ -166,7 +166,7 @@ class _CustomerSpill:
         return self._dedup.duplicates
 
     def add(self, row: dict[str, Any]) -> None:
-        data = ENCODE(row)
+        data = encode_row("customer", row)
         number = len(self._ends)
         self._fp.write(data + b"\n")
         self._ends.append(self._end() + len(data) + 1)
@@ -279,7 +279,7 @@ def transform_exports(
         if subscription is not None:
             counts["subscription"].read += 1
             counts["subscription"].loaded += 1
-            writers["subscriptions"].write_lines([ENCODE(subscription) + b"\n"])
+            writers["subscriptions"].write_lines([encode_row("subscription", subscription) + b"\n"])
             result.unknown_fields |= unknown_fields(subscription)
             if fast is not None and "custom_fields" in subscription:
                 fast.learn("subscription", subscription["custom_fields"])

@@ -7,8 +7,8 @@ built, and the rows are written by msgspec's encoder. It accepts a batch only wh
 rows the exact path (:func:`.chargebee.normalise_entry` on the reader's entries) would give, and the batch
 is valid for the reader's strict rules; for anything else (a record to quarantine, a null, an unknown field,
 an epoch in another unit, a duplicate key...) it returns ``None`` and the batch takes the exact path, which
-gives the reasons. Both paths encode rows with :data:`ENCODE`, so a row has the same bytes whichever path it
-took.
+gives the reasons. Both paths write rows with one encoder (:func:`encode_row` for the exact path), so a row
+has the same bytes whichever path it took.
 
 Epoch fields are decoded as integers in the unit's range; then the epochs of the whole batch (every record,
 every nesting level) are gathered by field with ``attrgetter`` and made datetimes in one ``msgspec.convert``
@@ -52,7 +52,7 @@ from msgspec import UNSET, Meta, UnsetType
 from airflow_provider_incremental.core import chargebee as cb
 from airflow_provider_incremental.core.epoch import _EPOCH
 
-__all__ = ["ENCODE", "TypedBatch", "TypedDecoder"]
+__all__ = ["TypedBatch", "TypedDecoder", "encode_row"]
 
 
 _INT64 = Annotated[int, Meta(ge=cb._INT64_MIN, le=cb._INT64_MAX)]
@@ -73,7 +73,7 @@ class TypedBatch:
     :param entries: how many entries the batch holds (its ``len``).
     :param subscriptions: the subscription rows, one per line (NDJSON).
     :param subscription_rows: how many rows ``subscriptions`` holds.
-    :param customers: the rows of the customers not seen before, one per line (canonical JSON, keys sorted).
+    :param customers: the rows of the customers not seen before, one per line (canonical JSON, as :func:`encode_row`).
     :param versions: ``(id, version)`` of each row of ``customers``, ``version`` its
         :func:`.chargebee.version`. The other entries' customers repeat, byte for byte, a customer
         already given (duplicates: they can never be the newest row).
@@ -102,12 +102,45 @@ class TypedBatch:
         return self.entries
 
 
-#: the row encoder of both paths: canonical JSON (keys sorted, datetimes as RFC 3339 ``...Z``), so a row has
-#: the same bytes whichever path and batch it came through (the customer dedup hashes them); Struct fields
-#: are declared sorted
+#: the row encoder of both paths: canonical JSON (the fields of a record in :data:`.chargebee.EXPORT_ORDER`,
+#: the keys of free JSON objects sorted, datetimes as RFC 3339 ``...Z``), so a row has the same bytes whichever
+#: path and batch it came through (the customer dedup breaks ties on them)
 _ENCODER = msgspec.json.Encoder(order="deterministic")
-ENCODE = _ENCODER.encode
+_ENCODE = _ENCODER.encode
 _ENCODE_LINES = _ENCODER.encode_lines
+
+
+def _row_struct(path: str, spec: cb._Spec) -> type:
+    """The Struct type of a row dict of the exact path at ``path``: its fields in the typed Structs' order
+    (values as they are; nested records as Structs), so that :data:`_ENCODER` writes the same bytes."""
+    fields: list[tuple[str, Any, Any]] = []
+    for key in cb.export_order(path, spec):
+        kind, arg = spec[key]
+        tp: Any = Any
+        if kind in (cb._RECORD, cb._REPEATED):
+            tp = _row_struct(f"{path}.{key}", arg)
+            if kind == cb._REPEATED:
+                tp = list[tp]
+        fields.append((key, tp | UnsetType, UNSET))
+    if "." not in path:
+        fields += [("custom_fields", Any, UNSET), ("extra_fields", Any, UNSET)]
+    name = "".join(part.title().replace("_", "") for part in path.split(".")) + "Row"
+    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
+
+
+_ROWS = {
+    "customer": _row_struct("customer", cb._CUSTOMER_SPEC),
+    "subscription": _row_struct("subscription", cb._SUBSCRIPTION_SPEC),
+}
+
+
+def encode_row(entity: str, row: dict[str, Any]) -> bytes:
+    """A row of the exact path (``customer`` or ``subscription``) as the fast path writes it.
+
+    :param entity: ``customer`` or ``subscription``.
+    :param row: the row, from :func:`.chargebee.normalise_entry`.
+    """
+    return _ENCODE(msgspec.convert(row, _ROWS[entity]))
 
 
 class _Plan:
@@ -158,21 +191,23 @@ def _gather(records: list[Any], plan: _EpochPlan, found: tuple[list[Any], list[s
 
 
 def _struct(
-    name: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[str, ...] = (), *, epoch: Any
+    path: str, spec: cb._Spec, plans: dict[type, _Plan], custom: tuple[str, ...] = (), *, epoch: Any
 ) -> type:
-    """A Struct type for ``spec`` (every field optional, unknown fields rejected), and its plan.
+    """A Struct type for the records at ``path`` (every field optional, unknown fields rejected; the fields
+    in :data:`.chargebee.EXPORT_ORDER`, custom fields last), and its plan.
 
     :param epoch: the type of the epoch fields (integers in the unit's range).
     """
     types = {cb._STRING: str, cb._INT: _INT64, cb._EPOCH_S: epoch, cb._BOOL: bool, cb._FLOAT: float}
     fields: list[tuple[str, Any, Any]] = []
-    for key, (kind, arg) in spec.items():
+    for key in cb.export_order(path, spec):
+        kind, arg = spec[key]
         if kind == cb._STRING and arg is not None:
             tp: Any = Annotated[str, Meta(max_length=arg)]
         elif kind == cb._JSON:
             tp = Any
         elif kind in (cb._RECORD, cb._REPEATED):
-            tp = _struct(f"{name}_{key}", arg, plans, epoch=epoch)
+            tp = _struct(f"{path}.{key}", arg, plans, epoch=epoch)
             if kind == cb._REPEATED:
                 tp = list[tp]
         else:
@@ -181,7 +216,7 @@ def _struct(
     if custom:
         fields += [(key, Any, UNSET) for key in custom]
         fields.append(("custom_fields", Any, UNSET))
-    fields.sort()  # encoded in this order: the same bytes as a row dict with its keys sorted
+    name = "".join(part.title().replace("_", "") for part in path.split("."))
     # gc=False: decoded rows hold no reference cycles, so the cyclic GC need not track (and scan) them
     struct = msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
     plans[struct] = _Plan(spec, custom)
@@ -263,9 +298,9 @@ class TypedDecoder:
     def _build(self) -> msgspec.json.Decoder[Any]:
         plans: dict[type, _Plan] = {}
         epoch = self._range
-        customer = _struct("Customer", cb._CUSTOMER_SPEC, plans, tuple(self._custom["customer"]), epoch=epoch)
+        customer = _struct("customer", cb._CUSTOMER_SPEC, plans, tuple(self._custom["customer"]), epoch=epoch)
         subscription = _struct(
-            "Subscription", cb._SUBSCRIPTION_SPEC, plans, tuple(self._custom["subscription"]), epoch=epoch
+            "subscription", cb._SUBSCRIPTION_SPEC, plans, tuple(self._custom["subscription"]), epoch=epoch
         )
         entry = msgspec.defstruct(
             "Entry",

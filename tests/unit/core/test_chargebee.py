@@ -14,12 +14,15 @@ from airflow_provider_incremental.core.chargebee import (
     CLUSTER_FIELDS,
     CUSTOMER_EPOCH_FIELDS,
     CUSTOMER_SCHEMA,
+    EXPORT_ORDER,
     PARTITION_FIELD,
     QUARANTINE_SCHEMA,
     SUBSCRIPTION_EPOCH_FIELDS,
     SUBSCRIPTION_SCHEMA,
     CustomerDedup,
     Reject,
+    _spec_at,
+    export_order,
     newer,
     normalise_entry,
     quarantine_row,
@@ -681,3 +684,33 @@ def test_dedup_keeps_one_row_per_id() -> None:
         ("a", ts(1_800_000_000)),
         ("b", ts(1_700_000_000)),
     ]
+
+
+# --- export order -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "keys", "expected"),
+    [
+        ("subscription", ["status", "id", "customer_id"], ["id", "customer_id", "status"]),
+        ("subscription", ["zz_unlisted", "id", "aa_unlisted"], ["id", "zz_unlisted", "aa_unlisted"]),
+        ("customer.billing_address", ["zip", "first_name"], ["first_name", "zip"]),
+        ("no.such.record", ["b", "a"], ["b", "a"]),  # not listed: the keys keep their order
+        ("customer", [], []),
+    ],
+)
+def test_export_order(path: str, keys: list[str], expected: list[str]) -> None:
+    assert export_order(path, keys) == expected
+
+
+@pytest.mark.parametrize("path", EXPORT_ORDER)
+def test_export_order_names_only_fields_of_the_record_once(path: str) -> None:
+    keys = EXPORT_ORDER[path]
+    assert len(set(keys)) == len(keys)
+    assert set(keys) <= set(_spec_at(path))
+
+
+def test_the_export_order_follows_the_samples_first_seen_key_order() -> None:
+    for entity in ("customer", "subscription"):
+        seen = dict.fromkeys(k for e in ENTRIES for k in e[entity] if not k.startswith("cf_"))
+        assert export_order(entity, seen) == list(seen)

@@ -333,3 +333,15 @@ def test_dirty_input_is_tried_less_often_and_learning_resets_that() -> None:
     assert decoder.decode(GOOD) is None  # skipped: the last batches were all declined
     decoder.learn("customer", ["cf_brand_new"])
     assert decoder.decode(GOOD) is not None
+
+
+def test_rows_are_written_in_the_export_order_on_both_paths(tmp_path: Path) -> None:
+    result = assert_same(tmp_path, (DATA / "small.json").read_bytes())
+    assert isinstance(result, TransformResult)
+    first = json.loads(result.files["subscriptions"].read_bytes().splitlines()[0])
+    source = SAMPLE["list"][0]["subscription"]
+    assert list(first)[:6] == list(source)[:6] == [
+        "id", "billing_period", "billing_period_unit", "auto_collection", "customer_id", "status"
+    ]  # fmt: skip
+    customer = json.loads(result.files["customers"].read_bytes().splitlines()[0])
+    assert list(customer)[:5] == ["id", "first_name", "last_name", "email", "phone"]
