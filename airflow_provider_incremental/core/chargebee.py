@@ -279,20 +279,10 @@ EXPORT_ORDER: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def _spec_at(path: str) -> _Spec:
-    """The spec of the record at ``path`` (``customer``, ``subscription.subscription_items``...)."""
-    top, *nested = path.split(".")
-    spec = {"customer": _CUSTOMER_SPEC, "subscription": _SUBSCRIPTION_SPEC}[top]
-    for key in nested:
-        spec = spec[key][1]
-    return spec
-
-
 def export_order(path: str, keys: Iterable[str]) -> list[str]:
     """``keys`` of the record at ``path`` (``subscription``, ``subscription.subscription_items``...) in
     :data:`EXPORT_ORDER`, the others after them in their own order."""
     rank = {key: i for i, key in enumerate(EXPORT_ORDER.get(path, ()))}
-    keys = list(keys)
     return sorted(keys, key=lambda key: rank.get(key, len(rank)))  # stable: the others keep their order
 
 

@@ -110,6 +110,12 @@ _ENCODE = _ENCODER.encode
 _ENCODE_LINES = _ENCODER.encode_lines
 
 
+def _name(path: str) -> str:
+    """The Struct name of the records at ``path``: ``subscription.subscription_items`` is
+    ``SubscriptionSubscriptionItems``."""
+    return "".join(part.title().replace("_", "") for part in path.split("."))
+
+
 def _row_struct(path: str, spec: cb._Spec) -> type:
     """The Struct type of a row dict of the exact path at ``path``: its fields in the typed Structs' order
     (values as they are; nested records as Structs), so that :data:`_ENCODER` writes the same bytes."""
@@ -124,8 +130,9 @@ def _row_struct(path: str, spec: cb._Spec) -> type:
         fields.append((key, tp | UnsetType, UNSET))
     if "." not in path:
         fields += [("custom_fields", Any, UNSET), ("extra_fields", Any, UNSET)]
-    name = "".join(part.title().replace("_", "") for part in path.split(".")) + "Row"
-    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
+    return msgspec.defstruct(
+        _name(path) + "Row", fields, forbid_unknown_fields=True, omit_defaults=True, gc=False
+    )
 
 
 _ROWS = {
@@ -216,9 +223,8 @@ def _struct(
     if custom:
         fields += [(key, Any, UNSET) for key in custom]
         fields.append(("custom_fields", Any, UNSET))
-    name = "".join(part.title().replace("_", "") for part in path.split("."))
     # gc=False: decoded rows hold no reference cycles, so the cyclic GC need not track (and scan) them
-    struct = msgspec.defstruct(name, fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
+    struct = msgspec.defstruct(_name(path), fields, forbid_unknown_fields=True, omit_defaults=True, gc=False)
     plans[struct] = _Plan(spec, custom)
     return struct
 
@@ -387,9 +393,7 @@ class TypedDecoder:
         if len(seen) + len(new) > _SEEN_CUSTOMERS:
             seen.clear()
         seen.update(new)
-        lengths = list(map(len, customer_rows.split(b"\n")[:-1]))  # the block ends with a newline
-        if len(lengths) != len(customers):
-            raise RuntimeError("the customer rows and their records do not match")  # a bug, not bad input
+        lengths = list(map(len, customer_rows.split(b"\n")[:-1]))  # one line a record, ending with a newline
         return TypedBatch(len(entries), rows, len(subscriptions), customer_rows, versions, lengths)
 
     def _datetimes(self, customers: list[Any], subscriptions: list[Any]) -> int:
